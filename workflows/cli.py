@@ -25,6 +25,11 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def _root() -> None:
+        """Molecular and materials simulation with machine-learned potentials."""
+
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{_commands.__name__}.{info.name}")
         module.register(app)
