@@ -98,6 +98,9 @@ def make_config(values: dict[str, Any] | None = None, source: str = "md config",
     try:
         return MDConfig.model_validate(data)
     except ValidationError as exc:
+        first = exc.errors()[0]["loc"][:1]
+        if first and overrides.get(first[0]) is not None:
+            source = "command line"
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 

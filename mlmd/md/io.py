@@ -20,9 +20,11 @@ checkpoint's step so that a restarted run has exactly the frames and rows an uni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,21 @@ def write_topology(atoms: Atoms, path: Path) -> None:
         traj.save_pdb(str(tmp), force_overwrite=True)
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence C-level stdout (mdtraj's DCD plugin prints a banner when it opens a file)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _count_xyz_frames_upto(path: Path, step: int) -> tuple[int, int]:
     """(number of frames with step <= ``step``, byte offset where the next frame starts)."""
     frames, offset = 0, 0
@@ -177,7 +194,7 @@ class TrajectoryWriter:
             with atomic_path(self.xyz_path) as tmp:
                 tmp.write_bytes(kept)
             if self.dcd_path.exists() and n_keep > 0:
-                with DCDTrajectoryFile(str(self.dcd_path), "r") as f:
+                with _quiet_stdout(), DCDTrajectoryFile(str(self.dcd_path), "r") as f:
                     old_xyz, old_lengths, old_angles = f.read(n_frames=n_keep)
         self.n_frames = 0 if old_xyz is None else len(old_xyz)
         self._xyz = open(self.xyz_path, "a" if resume_step is not None else "w")

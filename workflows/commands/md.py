@@ -1,0 +1,139 @@
+"""``mlmd md``: molecular dynamics with an ML potential (or any ASE calculator) on a structure file."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_calculator_factory(spec: str) -> Any:
+    """Build an ASE calculator from ``module:factory`` (a class or a function called without arguments)."""
+    from mlmd.errors import ConfigError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--calculator {spec!r} is not of the form module:factory (e.g. ase.calculators.emt:EMT)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--calculator {spec!r}: cannot import module {module_name!r} ({_first_line(exc)})") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ConfigError(f"--calculator {spec!r}: module {module_name!r} has no callable {attr!r}")
+    try:
+        calc = factory()
+    except Exception as exc:
+        raise ConfigError(f"--calculator {spec!r} failed to build a calculator ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not hasattr(calc, "get_property") and not hasattr(calc, "calculate"):
+        raise ConfigError(f"--calculator {spec!r} returned {type(calc).__name__}, not an ASE calculator")
+    return calc
+
+
+def _read_structure(path: Path):
+    import ase.io
+
+    from mlmd.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"structure file {str(path)!r} not found; give an existing structure file (extxyz, cif, pdb, ...)")
+    try:
+        return ase.io.read(str(path), index=-1)
+    except Exception as exc:
+        raise InputError(f"cannot read structure {str(path)!r} ({type(exc).__name__}: {_first_line(exc)}); "
+                         "give a file ASE can read (extxyz, cif, pdb, POSCAR, ...)") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def md(
+        structure: Path = typer.Argument(..., help="Starting structure (any format ASE reads; the last frame is used)."),
+        model: Optional[str] = typer.Option(None, "--model", help="ML potential: bundled name or checkpoint path."),
+        calculator: Optional[str] = typer.Option(None, "--calculator", help="Any ASE calculator as module:factory (instead of --model)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML file with MDConfig fields (flags override it)."),
+        ensemble: Optional[str] = typer.Option(None, "--ensemble", help="nve | nvt | npt."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="Target / initial temperature (K)."),
+        pressure: Optional[float] = typer.Option(None, "--pressure", help="Target pressure for npt (bar)."),
+        timestep: Optional[float] = typer.Option(None, "--timestep", help="Time step (fs)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Total number of steps of the run (a restart continues up to it)."),
+        thermostat: Optional[str] = typer.Option(None, "--thermostat", help="nvt: langevin | bussi | nose_hoover."),
+        barostat: Optional[str] = typer.Option(None, "--barostat", help="npt: mtk_iso | mtk."),
+        friction: Optional[float] = typer.Option(None, "--friction", help="Langevin friction (1/fs)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of velocities and thermostat noise."),
+        log_interval: Optional[int] = typer.Option(None, "--log-interval", help="Steps between thermo.csv rows."),
+        trajectory_interval: Optional[int] = typer.Option(None, "--trajectory-interval", help="Steps between trajectory frames."),
+        checkpoint_interval: Optional[int] = typer.Option(None, "--checkpoint-interval", help="Steps between checkpoints."),
+        out: Path = typer.Option(Path("md_run"), "--out", help="Run folder (thermo.csv, trajectory.*, checkpoint.npz)."),
+        restart: bool = typer.Option(False, "--restart", help="Continue the run in --out from its checkpoint."),
+        device: str = typer.Option("cpu", "--device", help="Device of the ML potential (cpu, cuda)."),
+        dtype: str = typer.Option("float32", "--dtype", help="Precision of the ML potential (float32, float64)."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    ) -> None:
+        """Run NVE / NVT / NPT molecular dynamics; writes a trajectory (ASE + mdtraj), a log and checkpoints."""
+        from mlmd.errors import ConfigError
+        from mlmd.md import load_config, make_config, run_md
+
+        overrides = dict(
+            ensemble=ensemble, temperature_K=temperature, pressure_bar=pressure, timestep_fs=timestep,
+            steps=steps, thermostat=thermostat, barostat=barostat, friction_per_fs=friction, seed=seed,
+            log_interval=log_interval, trajectory_interval=trajectory_interval,
+            checkpoint_interval=checkpoint_interval,
+        )
+        previous = out / "config.json"
+        if restart and config is None and previous.is_file():
+            # A restart without --config continues with the run's own settings (flags still override them).
+            import json
+
+            cfg = make_config(json.loads(previous.read_text()), source=str(previous), **overrides)
+        else:
+            cfg = load_config(config, **overrides)
+        if (model is None) == (calculator is None):
+            raise ConfigError("give exactly one of --model NAME_OR_PATH or --calculator module:factory")
+        atoms = _read_structure(structure)
+        if calculator is not None:
+            calc = load_calculator_factory(calculator)
+        else:
+            try:
+                from mlmd.calculator import MLMDCalculator
+            except ImportError as exc:
+                raise ConfigError(f"--model needs mlmd.calculator, which cannot be imported ({_first_line(exc)})") from None
+            calc = MLMDCalculator(model, device=device, dtype=dtype)
+
+        if no_progress:
+            result = run_md(atoms, calc, cfg, out, restart=restart)
+        else:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            columns = (
+                TextColumn(f"md {cfg.ensemble}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                TimeElapsedColumn(), TimeRemainingColumn(),
+            )
+            # The bar appears at the first progress report, i.e. after the input checks passed.
+            bar = Progress(*columns, console=Console(stderr=True))
+            task = None
+
+            def progress(step: int, total: int) -> None:
+                nonlocal task
+                if task is None:
+                    bar.start()
+                    task = bar.add_task("md", total=total, completed=step)
+                bar.update(task, completed=step, total=total)
+
+            try:
+                result = run_md(atoms, calc, cfg, out, restart=restart, progress=progress)
+            finally:
+                if task is not None:
+                    bar.stop()
+        rate = result.steps_run / result.wall_time_s if result.wall_time_s > 0 else float("nan")
+        typer.echo(
+            f"md: steps {result.first_step} -> {result.last_step} ({result.time_fs / 1000:.3f} ps) in "
+            f"{result.wall_time_s:.1f} s ({rate:.1f} steps/s); {result.n_frames} frames; outputs in {result.workdir}"
+        )
