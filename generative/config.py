@@ -1,0 +1,84 @@
+"""Typed configuration of crystal generators and their training (read from YAML by ``mlmd train-generator``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlmd.errors import ConfigError
+
+
+class ModelConfig(BaseModel):
+    """Network and generative-process settings (stored in every checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["crysbfn", "diffcsp"] = "crysbfn"
+    task: Literal["csp", "gen"] = "csp"
+    hidden: int = Field(128, gt=0)
+    layers: int = Field(4, gt=0)
+    n_freq: int = Field(16, gt=0)
+    time_dim: int = Field(64, gt=1)
+    # CrysBFN
+    bfn_steps: int = Field(10, gt=0, description="N of the training schedule (sampling may use another N)")
+    beta1_coord: float = Field(1000.0, gt=0, description="final von Mises concentration of fractional coordinates")
+    sigma1_lattice: float = Field(0.03, gt=0, lt=1, description="final std of the Gaussian flow on the scaled lattice")
+    beta1_types: float = Field(3.0, gt=0, description="final accuracy of the discrete flow on atom types")
+    coord_loss: Literal["uniform", "kl"] = "uniform"
+    # DiffCSP
+    timesteps: int = Field(1000, gt=0)
+    sigma_begin: float = Field(0.005, gt=0)
+    sigma_end: float = Field(0.5, gt=0)
+    step_lr: float = Field(5e-7, gt=0, description="Langevin corrector step size scale")
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "perov_5"
+    split_seed: int = 42
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = Field(20000, gt=0)
+    max_minutes: float = Field(10.0, gt=0, description="wall-clock budget; training stops after it")
+    eval_every: int = Field(500, gt=0)
+    seed: int = 0
+    threads: int = Field(1, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class GeneratorConfig(BaseModel):
+    """Top-level YAML: ``model``, ``data``, ``train`` sections plus the output directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    out: str = "runs/generator"
+
+
+def load_config(path: str | Path) -> GeneratorConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; give a YAML file with model/data/train sections")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return GeneratorConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"config {str(p)!r}: {loc}={err.get('input')!r} invalid ({err['msg']})") from None

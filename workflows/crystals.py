@@ -1,0 +1,168 @@
+"""Crystal feedback loop: relax generated crystals (cell + positions), check they survive a short NVT run, rank them.
+
+Works with any ASE calculator; GFN1-xTB through tblite is the default for periodic solids. Results go to an ASE
+database, one row per candidate (``candidate`` = input index); a rerun skips candidates already in the database, so an
+interrupted screen resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlmd.errors import InputError
+
+
+@dataclass
+class RelaxSettings:
+    fmax: float = 0.05  # eV/Å
+    max_steps: int = 300
+    relax_cell: bool = True
+
+
+@dataclass
+class MDSettings:
+    temperature_K: float = 300.0
+    timestep_fs: float = 1.0
+    steps: int = 200
+    friction_per_fs: float = 0.02
+    max_rms_displacement: float = 0.6  # Å, drift removed, against the relaxed positions
+    min_distance: float = 0.7  # Å, anywhere along the run
+    seed: int = 0
+
+
+def make_calculator(name: str = "gfn1-xtb"):
+    """``gfn1-xtb`` (default for periodic solids), ``gfn2-xtb`` (tblite) or ``emt`` (ASE, for tests)."""
+    key = name.lower()
+    if key in ("gfn1-xtb", "gfn2-xtb"):
+        from tblite.ase import TBLite
+
+        return TBLite(method="GFN1-xTB" if key == "gfn1-xtb" else "GFN2-xTB", verbosity=0)
+    if key == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    raise InputError(f"calculator {name!r} unknown; use gfn1-xtb, gfn2-xtb or emt (or pass an ASE calculator in Python)")
+
+
+def _to_atoms(crystal):
+    from ase import Atoms
+
+    if isinstance(crystal, Atoms):
+        return crystal.copy()
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(crystal)
+
+
+def relax(atoms, calc, settings: RelaxSettings = RelaxSettings()):
+    """Relax positions (and the cell with FrechetCellFilter). Returns (atoms, converged, n_steps)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    target = FrechetCellFilter(atoms) if settings.relax_cell else atoms
+    opt = FIRE(target, logfile=None)
+    converged = bool(opt.run(fmax=settings.fmax, steps=settings.max_steps))
+    return atoms, converged, int(opt.nsteps)
+
+
+def min_distance(atoms) -> float:
+    if len(atoms) < 2:
+        cell = np.asarray(atoms.cell)
+        return float(min(np.linalg.norm(v) for v in cell))
+    d = atoms.get_all_distances(mic=True)
+    d = d + np.eye(len(atoms)) * 1e9
+    return float(d.min())
+
+
+def nvt_survival(atoms, calc, settings: MDSettings = MDSettings()) -> dict:
+    """Short Langevin NVT from the relaxed structure. Intact = no close contacts and small drift-free RMS displacement."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    ref = atoms.get_positions().copy()
+    rng = np.random.default_rng(settings.seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature_K, rng=rng)
+    Stationary(atoms)
+    dyn = Langevin(atoms, settings.timestep_fs * units.fs, temperature_K=settings.temperature_K,
+                   friction=settings.friction_per_fs / units.fs, rng=rng)
+    dmin = [min_distance(atoms)]
+    dyn.attach(lambda: dmin.append(min_distance(atoms)), interval=10)
+    ok = True
+    try:
+        dyn.run(settings.steps)
+    except Exception:  # noqa: BLE001 - SCF failure / blow-up counts as not surviving
+        ok = False
+    disp = atoms.get_positions() - ref  # positions are not wrapped by Langevin
+    disp -= disp.mean(axis=0)
+    rms = float(np.sqrt((disp**2).sum(axis=1).mean()))
+    temp = float(atoms.get_temperature())
+    intact = ok and math.isfinite(rms) and rms <= settings.max_rms_displacement and min(dmin) >= settings.min_distance
+    return {"md_ok": ok, "rms_displacement": rms, "min_distance_md": float(min(dmin)), "final_temperature": temp, "survived": bool(intact)}
+
+
+def screen_crystals(crystals, db_path: str | os.PathLike, calc=None, relax_settings: RelaxSettings = RelaxSettings(),
+                    md_settings: MDSettings = MDSettings(), names: list[str] | None = None, log=None) -> list[dict]:
+    """Relax, run NVT and rank ``crystals`` (pymatgen Structures or ase.Atoms; ``None`` entries are skipped and counted).
+
+    Each candidate's row (relaxed atoms + results) is written to the ASE database ``db_path`` as soon as it is done.
+    Returns all rows' results, survivors first, ranked by energy per atom.
+    """
+    from ase.db import connect
+
+    calc = calc if calc is not None else make_calculator("gfn1-xtb")
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with connect(str(db_path)) as db:
+        done = {row.candidate for row in db.select("candidate>=0")}
+        for i, crystal in enumerate(crystals):
+            if i in done:
+                continue
+            name = names[i] if names else str(i)
+            if crystal is None:
+                db.write(_empty_atoms(), candidate=i, name=name, status="unreadable", survived=False)
+                continue
+            atoms = _to_atoms(crystal)
+            row = {"candidate": i, "name": name, "formula": atoms.get_chemical_formula(mode="hill"), "n_atoms": len(atoms)}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    relaxed, conv, nsteps = relax(atoms, calc, relax_settings)
+                    e = float(relaxed.get_potential_energy())
+                row.update(status="relaxed", relax_converged=conv, relax_steps=nsteps, energy=e, energy_per_atom=e / len(relaxed),
+                           volume_per_atom=float(relaxed.get_volume() / len(relaxed)), min_distance=min_distance(relaxed))
+                row.update(nvt_survival(relaxed, calc, md_settings))
+            except Exception as exc:  # noqa: BLE001 - a failed calculation is a result, not a crash
+                relaxed = atoms
+                row.update(status=f"failed: {type(exc).__name__}", survived=False)
+            relaxed.calc = None
+            db.write(relaxed, **row)
+            if log:
+                log(row)
+        rows = [dict(r.key_value_pairs) for r in db.select("candidate>=0")]
+    return rank(rows)
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """Survivors by energy per atom (lowest first), then the rest."""
+    surv = sorted([r for r in rows if r.get("survived")], key=lambda r: r["energy_per_atom"])
+    rest = sorted([r for r in rows if not r.get("survived")], key=lambda r: r.get("candidate", 0))
+    for k, r in enumerate(surv):
+        r["rank"] = k + 1
+    return surv + rest
+
+
+def _empty_atoms():
+    from ase import Atoms
+
+    return Atoms()
