@@ -12,7 +12,7 @@ REF_CHARGES = "REF_charges"  # (N,) e (atoms.arrays)
 REF_DIPOLE = "REF_dipole"  # (3,) e·Å (atoms.info)
 TOTAL_CHARGE = "total_charge"  # int, e (atoms.info); 0 when absent
 CONFIG_TYPE = "config_type"  # str (atoms.info)
-MOL_ID = "mol_id"  # (N,) int, molecule index (atoms.arrays)
+MOL_ID = "mol_id"  # (N,) int, molecule index (atoms.arrays); -1 = unknown
 
 REF_KEYS = (REF_ENERGY, REF_FORCES, REF_STRESS, REF_CHARGES, REF_DIPOLE)
 
@@ -21,8 +21,8 @@ POSITIONS = "positions"  # (N, 3) Å
 ATOMIC_NUMBERS = "atomic_numbers"  # (N,) int64
 CELL = "cell"  # (B, 3, 3) Å, rows are lattice vectors
 PBC = "pbc"  # (B, 3) bool
-EDGE_INDEX = "edge_index"  # (2, E) int64: [sender j, receiver i]
-EDGE_SHIFTS = "edge_shifts"  # (E, 3) Å: r_ij = pos[j] - pos[i] + shift
+EDGE_INDEX = "edge_index"  # (2, E) int64: [centre i, neighbour j]
+EDGE_CELL_SHIFTS = "edge_cell_shifts"  # (E, 3) integer lattice shifts: r_ij = pos[j] - pos[i] + shifts @ cell
 BATCH = "batch"  # (N,) int64 structure index of each atom
 PTR = "ptr"  # (B + 1,) int64 atom offsets
 

@@ -1,0 +1,107 @@
+"""ASE calculator for any mlmd potential.
+
+``atoms.calc = MLMDCalculator("bamboo-electrolyte")`` (bundled name or checkpoint path, or a Potential object).
+The neighbour list is built with a skin and reused while no atom has moved more than half the skin, so an MD
+step costs one network evaluation plus a cheap distance filter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlmd import keys
+from mlmd.graph import AtomicGraph, check_min_distance, total_charge_of, validate_atoms
+from mlmd.neighbors import neighbor_list
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class MLMDCalculator(Calculator):
+    """energy, free_energy, energies (per atom), forces, stress (Voigt, eV/Å³, ASE sign), charges."""
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges"]
+
+    def __init__(self, model="bamboo-electrolyte", device: str = "cpu", dtype: str = "float32", skin: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        from mlmd.errors import InputError
+
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+        self.dtype = _DTYPES[dtype]
+        self.device = torch.device(device)
+        if isinstance(model, torch.nn.Module):
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            from mlmd.checkpoint import load_potential
+
+            self.model = load_potential(model, device=self.device, dtype=self.dtype)
+        self.skin = float(skin)
+        self._list = None  # (positions, cell, pbc, numbers, i, j, shifts) at the last build
+
+    # -- neighbour list with skin ---------------------------------------------------------------------------
+    def _neighbors(self, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        positions = atoms.positions
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+        cached = self._list
+        if cached is not None and np.array_equal(cached[1], cell) and np.array_equal(cached[2], pbc) \
+                and np.array_equal(cached[3], atoms.numbers):
+            displacement = np.sqrt(((positions - cached[0]) ** 2).sum(axis=1).max(initial=0.0))
+            if displacement < 0.5 * self.skin:
+                return cached[4], cached[5], cached[6]
+        else:
+            validate_atoms(atoms, self.model.species)
+        i, j, shifts = neighbor_list(positions, cell, pbc, self.model.cutoff + self.skin)
+        self._list = (positions.copy(), cell.copy(), pbc.copy(), atoms.numbers.copy(), i, j, shifts)
+        return i, j, shifts
+
+    def graph(self, atoms) -> AtomicGraph:
+        """The AtomicGraph the model sees for ``atoms`` (model dtype and device)."""
+        if not np.isfinite(atoms.positions).all():
+            validate_atoms(atoms)
+        i, j, shifts = self._neighbors(atoms)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+        check_min_distance(atoms.positions, cell, i, j, shifts)
+        mol_id = atoms.arrays.get(keys.MOL_ID)
+        n = len(atoms)
+        fdt, dev = self.dtype, self.device
+        return AtomicGraph(
+            positions=torch.tensor(atoms.positions, dtype=fdt, device=dev),
+            atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.long, device=dev),
+            cell=torch.tensor(cell, dtype=fdt, device=dev)[None],
+            pbc=torch.tensor(pbc, device=dev)[None],
+            edge_index=torch.from_numpy(np.stack([i, j])).to(dev),
+            edge_cell_shifts=torch.from_numpy(shifts).to(dtype=fdt, device=dev),
+            batch=torch.zeros(n, dtype=torch.long, device=dev),
+            ptr=torch.tensor([0, n], dtype=torch.long, device=dev),
+            total_charge=torch.tensor([total_charge_of(atoms)], dtype=fdt, device=dev),
+            mol_id=torch.as_tensor(mol_id if mol_id is not None else np.full(n, -1), dtype=torch.long, device=dev),
+            cutoff=self.model.cutoff,
+        )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        graph = self.graph(atoms)
+        want_stress = "stress" in properties and bool(atoms.pbc.all())
+        out = self.model(graph, compute_forces=True, compute_stress=want_stress)
+        energy = float(out[keys.ENERGY].detach().sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out[keys.FORCES].detach().cpu().double().numpy(),
+        }
+        if keys.ENERGIES in out:
+            self.results["energies"] = out[keys.ENERGIES].detach().cpu().double().numpy()
+        if keys.CHARGES in out:
+            self.results["charges"] = out[keys.CHARGES].detach().cpu().double().numpy()
+        if want_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].detach().cpu().double().numpy())
+        for key in (keys.ENERGY_STD, keys.FORCES_STD, keys.STRESS_STD):
+            if key in out:
+                value = out[key].detach().cpu().double().numpy()
+                self.results[key] = value[0] if key != keys.FORCES_STD else value

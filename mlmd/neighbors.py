@@ -1,0 +1,36 @@
+"""Neighbour lists through vesin (periodic, triclinic, mixed and non-periodic boundaries)."""
+
+from __future__ import annotations
+
+import numpy as np
+import vesin
+
+
+def neighbor_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, full: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour list within ``cutoff``: full (each pair in both directions) or half (each pair, self-images
+    included, once).
+
+    Args:
+        positions: (N, 3) Å.
+        cell: (3, 3) Å, rows are lattice vectors (ignored along non-periodic directions).
+        pbc: (3,) bool.
+        cutoff: Å.
+        full: both directions (message passing) or one (pair energies).
+
+    Returns:
+        i: (E,) int64 centre atoms; j: (E,) int64 neighbours; shifts: (E, 3) int64 lattice shifts with
+        r_ij = positions[j] - positions[i] + shifts @ cell.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.asarray(cell, dtype=np.float64).copy()
+    if not pbc.any():
+        box = np.zeros((3, 3))
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((0, 3), dtype=np.int64)
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full)
+    i, j, shifts = calculator.compute(points=positions, box=box, periodic=pbc.tolist(), quantities="ijS")
+    return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)

@@ -1,0 +1,184 @@
+"""BAMBOO-style graph equivariant transformer with learned charges, Coulomb, electronegativity and dispersion.
+
+E = E_NN + E_Coulomb + E_chi + E_disp. Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mlmd import keys
+from mlmd.graph import AtomicGraph
+from mlmd.potential import Potential
+from potentials.physics import DampedCoulomb, Dispersion, cosine_cutoff
+
+ELECTROLYTE_SPECIES = [1, 3, 5, 6, 7, 8, 9, 15, 16]
+# Per-atom chi q + eta q^2 + Coulomb energies (N,); training uses dE/dq of their sum for the charge-equilibrium residual.
+ELECTROSTATIC_ENERGIES = "electrostatic_energies"
+
+
+class BambooConfig(BaseModel):
+    """Architecture and physics settings (stored in every checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    species: list[int] = Field(default_factory=lambda: list(ELECTROLYTE_SPECIES))
+    cutoff: float = 5.0
+    num_features: int = 64
+    num_rbf: int = 32
+    num_layers: int = 3
+    num_heads: int = 4
+    coulomb: bool = True
+    coulomb_r0: float = 2.2
+    pme_smearing: float = 1.0
+    pme_mesh_spacing: float = 0.5
+    dispersion: bool = True
+    dispersion_cutoff: float = 10.0
+    max_charge: float = 2.0
+    # Per-element reference energies (eV) and the scale of the NN atomic energy; set from data before training.
+    reference_energies: dict[int, float] = Field(default_factory=dict)
+    energy_scale: float = 1.0
+
+
+class ExpNormalRBF(nn.Module):
+    """phi_k(r) = exp(-beta_k (exp(-alpha r) - mu_k)^2) with learnable mu, beta. (E,) -> (E, K)."""
+
+    def __init__(self, num_rbf: int, cutoff: float):
+        super().__init__()
+        self.alpha = 5.0 / cutoff
+        start = math.exp(-cutoff * self.alpha)
+        self.mu = nn.Parameter(torch.linspace(start, 1.0, num_rbf))
+        self.beta = nn.Parameter(torch.full((num_rbf,), (2.0 / num_rbf * (1.0 - start)) ** -2))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.beta * (torch.exp(-self.alpha * r)[:, None] - self.mu) ** 2)
+
+
+class TransformerLayer(nn.Module):
+    """Cutoff-weighted attention a_ij = SiLU(q_i.k_j) fcut(r_ij) per head (no softmax); scalar messages
+    sum_j a_ij v_j W_s(r_ij), vector messages sum_j a_ij v_j W_v(r_ij) (x) r_hat_ij; a gated update mixes scalars
+    with vector norms and dot products.
+
+    s: (N, F), V: (N, 3, F), rbf: (E, K), unit: (E, 3), fcut: (E,), edge_index (2, E) -> s, V.
+    """
+
+    def __init__(self, num_features: int, num_rbf: int, num_heads: int):
+        super().__init__()
+        f = num_features
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(f)
+        self.qkv = nn.Linear(f, 3 * f)
+        self.radial = nn.Linear(num_rbf, 2 * f)
+        self.vector_mix = nn.Linear(f, 2 * f, bias=False)
+        self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
+
+    def forward(self, s, V, rbf, unit, fcut, edge_index):
+        i, j = edge_index
+        n, f = s.shape
+        heads, width = self.num_heads, f // self.num_heads
+        q, k, v = self.qkv(self.norm(s)).chunk(3, dim=-1)
+        score = (q.index_select(0, i) * k.index_select(0, j)).view(-1, heads, width).sum(-1) / math.sqrt(width)
+        attention = nn.functional.silu(score) * fcut[:, None]  # (E, H)
+        w_s, w_v = self.radial(rbf).chunk(2, dim=-1)
+        value = (v.index_select(0, j).view(-1, heads, width) * attention[:, :, None]).view(-1, f)
+        message_s = value * w_s
+        message_v = (value * w_v)[:, None, :] * unit[:, :, None]
+        s = s.index_add(0, i, message_s)
+        V = V.index_add(0, i, message_v)
+        U, W = self.vector_mix(V).chunk(2, dim=-1)
+        norms = torch.sqrt((U * U).sum(dim=1) + 1e-8)
+        dots = (U * W).sum(dim=1)
+        a_s, a_dot, a_v = self.update(torch.cat([self.norm(s), norms], dim=-1)).chunk(3, dim=-1)
+        s = s + a_s + a_dot * dots
+        V = V + a_v[:, None, :] * W
+        return s, V
+
+
+class BambooPotential(Potential):
+    """Graph equivariant transformer + physics terms. Output keys: energy, energies, charges, dipole (+forces/stress)."""
+
+    model_type = "bamboo"
+
+    def __init__(self, config: dict[str, Any] | BambooConfig | None = None):
+        super().__init__()
+        cfg = config if isinstance(config, BambooConfig) else BambooConfig(**(config or {}))
+        self.config = cfg.model_dump()
+        f = cfg.num_features
+        self.num_layers = cfg.num_layers
+        index = torch.full((119,), -1, dtype=torch.long)
+        index[torch.tensor(cfg.species)] = torch.arange(len(cfg.species))
+        self.register_buffer("species_index", index, persistent=False)
+        self.embedding = nn.Embedding(len(cfg.species), f)
+        self.rbf = ExpNormalRBF(cfg.num_rbf, cfg.cutoff)
+        self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads) for _ in range(cfg.num_layers))
+        self.energy_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
+        self.charge_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
+        n_species = len(cfg.species)
+        self.chi = nn.Parameter(torch.zeros(n_species))
+        self.eta_raw = nn.Parameter(torch.zeros(n_species))
+        reference = torch.zeros(n_species, dtype=torch.float64)
+        for z, value in cfg.reference_energies.items():
+            reference[cfg.species.index(int(z))] = value
+        self.register_buffer("reference_energies", reference)
+        self.register_buffer("energy_scale", torch.tensor(cfg.energy_scale, dtype=torch.float64))
+        self.coulomb = DampedCoulomb(cfg.coulomb_r0, cfg.cutoff, cfg.pme_smearing, cfg.pme_mesh_spacing) if cfg.coulomb else None
+        self.dispersion = Dispersion(cfg.dispersion_cutoff) if cfg.dispersion else None
+
+    def set_reference_energies(self, reference: dict[int, float], energy_scale: float) -> None:
+        """Per-element reference energies (eV) and the NN energy scale (eV), fitted from training data."""
+        with torch.no_grad():
+            for z, value in reference.items():
+                self.reference_energies[self.species.index(int(z))] = value
+            self.energy_scale.fill_(energy_scale)
+        self.config["reference_energies"] = {int(z): float(v) for z, v in reference.items()}
+        self.config["energy_scale"] = float(energy_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        reference = self.reference_energies.tolist()
+        self.config["reference_energies"] = {z: reference[k] for k, z in enumerate(self.species)}
+        self.config["energy_scale"] = float(self.energy_scale)
+
+    def features(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor):
+        """Scalar features (N, F) after the transformer layers."""
+        species = self.species_index[graph.atomic_numbers]
+        vectors = graph.edge_vectors(positions, cell)
+        r = vectors.norm(dim=1)
+        cutoff = self.cutoff
+        inside = r < cutoff  # the list may carry a skin; edges beyond the cutoff drop out here
+        edge_index = graph.edge_index[:, inside]
+        vectors, r = vectors[inside], r[inside]
+        unit = vectors / r[:, None]
+        fcut = cosine_cutoff(r, cutoff)
+        rbf = self.rbf(r) * fcut[:, None]
+        s = self.embedding(species)
+        V = s.new_zeros(s.shape[0], 3, s.shape[1])
+        for layer in self.layers:
+            s, V = layer(s, V, rbf, unit, fcut, edge_index)
+        return s, species
+
+    def compute_energy(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
+        s, species = self.features(graph, positions, cell)
+        dtype = positions.dtype
+        energies = self.energy_head(s)[:, 0] * self.energy_scale.to(dtype) + self.reference_energies.to(dtype)[species]
+
+        raw = self.config["max_charge"] * torch.tanh(self.charge_head(s)[:, 0] / self.config["max_charge"])
+        counts = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
+        excess = (graph.total_charge.to(dtype) - torch.zeros_like(counts).index_add(0, graph.batch, raw)) / counts
+        charges = raw + excess[graph.batch]
+        eta = nn.functional.softplus(self.eta_raw)
+        electrostatic = self.chi[species] * charges + eta[species] * charges**2
+        if self.coulomb is not None:
+            electrostatic = electrostatic + self.coulomb(graph, charges, positions, cell)
+        energies = energies + electrostatic
+        if self.dispersion is not None:
+            energies = energies + self.dispersion(graph, positions, cell)
+        energy = torch.zeros(graph.num_graphs, dtype=dtype, device=s.device).index_add(0, graph.batch, energies)
+        dipole = torch.zeros(graph.num_graphs, 3, dtype=dtype, device=s.device).index_add(0, graph.batch, charges[:, None] * positions)
+        return {keys.ENERGY: energy, keys.ENERGIES: energies, keys.CHARGES: charges, keys.DIPOLE: dipole,
+                ELECTROSTATIC_ENERGIES: electrostatic}

@@ -1,0 +1,137 @@
+"""Physical energy terms of BAMBOO-style potentials: damped Coulomb (all pairs or PME), electronegativity,
+and a pairwise D3-like dispersion. All energies in eV, distances in Å, charges in e.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlmd.graph import AtomicGraph
+from mlmd.neighbors import neighbor_list
+from mlmd.units import COULOMB_EV_A
+
+# Grimme D2 atomic C6 (J nm^6 mol^-1) and van der Waals radii (Å); converted to eV Å^6 below.
+_D2_C6 = {1: 0.14, 3: 0.29, 5: 3.13, 6: 1.75, 7: 1.23, 8: 0.70, 9: 0.75, 15: 7.84, 16: 5.57,
+          11: 5.71, 14: 9.23, 17: 5.07, 35: 12.47, 2: 0.08, 10: 0.63, 4: 1.61, 12: 5.71, 13: 10.79}
+_D2_R0 = {1: 1.001, 3: 0.825, 5: 1.485, 6: 1.452, 7: 1.397, 8: 1.342, 9: 1.287, 15: 1.705, 16: 1.683,
+          11: 1.144, 14: 1.716, 17: 1.639, 35: 1.749, 2: 1.012, 10: 1.243, 4: 1.144, 12: 1.364, 13: 1.639}
+_J_NM6_PER_MOL_TO_EV_A6 = 1e-3 * 1e6 / 96.48533212331002  # J/mol -> eV, nm^6 -> Å^6
+
+
+def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """0.5 (cos(pi r / rc) + 1) for r < rc, else 0. Shape follows ``r``."""
+    return torch.where(r < cutoff, 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0), torch.zeros_like(r))
+
+
+def smooth_switch(r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
+    """C2 polynomial switch: 1 below r_on, 0 above r_off."""
+    x = ((r - r_on) / (r_off - r_on)).clamp(0.0, 1.0)
+    return 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x**2)
+
+
+def damped_pair_kernel(r: torch.Tensor, r0: float, short_cutoff: float) -> torch.Tensor:
+    """Short-range part of the damped Coulomb kernel: phi(r) - 1/r = -fc(r) erfc(r/r0) / r.
+
+    Together with 1/r it gives a kernel that stays finite as r -> 0 (2 / (sqrt(pi) r0)) and is exactly 1/r
+    beyond ``short_cutoff``. The cosine factor keeps it smooth at the cutoff.
+    """
+    return -cosine_cutoff(r, short_cutoff) * torch.erfc(r / r0) / r
+
+
+class DampedCoulomb(nn.Module):
+    """Coulomb energy with a short-range cap: all pairs for clusters, PME (torch-pme) for periodic cells.
+
+    Input: charges (N,), positions (N, 3), cell (B, 3, 3), graph. Output: per-atom energies (N,) summing to E_coul.
+    """
+
+    def __init__(self, r0: float = 2.2, short_cutoff: float = 5.0, smearing: float = 1.0, mesh_spacing: float = 0.5):
+        super().__init__()
+        self.r0 = r0
+        self.short_cutoff = short_cutoff
+        self.smearing = smearing
+        self.mesh_spacing = mesh_spacing
+
+    def forward(self, graph: AtomicGraph, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        energies = torch.zeros_like(charges)
+        periodic = graph.pbc.any(dim=1)
+        for b in range(graph.num_graphs):
+            start, stop = int(graph.ptr[b]), int(graph.ptr[b + 1])
+            q, pos = charges[start:stop], positions[start:stop]
+            if bool(periodic[b]):
+                energies = energies.index_add(0, torch.arange(start, stop), self._periodic(graph, b, q, pos, cell[b]))
+            else:
+                energies = energies.index_add(0, torch.arange(start, stop), self._cluster(q, pos))
+        return energies
+
+    def _cluster(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        n = q.shape[0]
+        if n < 2:
+            return torch.zeros_like(q)
+        i, j = torch.triu_indices(n, n, offset=1, device=q.device)
+        r = (pos[j] - pos[i]).norm(dim=1)
+        kernel = 1.0 / r + damped_pair_kernel(r, self.r0, self.short_cutoff)
+        pair = 0.5 * COULOMB_EV_A * q[i] * q[j] * kernel
+        return torch.zeros_like(q).index_add(0, i, pair).index_add(0, j, pair)
+
+    def _periodic(self, graph: AtomicGraph, b: int, q: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        import torchpme
+
+        if not bool(graph.pbc[b].all()):
+            raise NotImplementedError("Coulomb for partly periodic cells is not supported; use pbc=(True, True, True) or False")
+        # Half neighbour list at the real-space cutoff; it depends only on positions, so build it outside autograd.
+        i, j, shifts = neighbor_list(pos.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy(),
+                                     np.ones(3, dtype=bool), self.short_cutoff, full=False)
+        i_t = torch.from_numpy(i).to(q.device)
+        j_t = torch.from_numpy(j).to(q.device)
+        s_t = torch.from_numpy(shifts).to(dtype=pos.dtype, device=q.device)
+        r = (pos[j_t] - pos[i_t] + s_t @ cell).norm(dim=1)
+        potential = torchpme.CoulombPotential(smearing=self.smearing).to(dtype=pos.dtype, device=pos.device)
+        calculator = torchpme.PMECalculator(potential, mesh_spacing=self.mesh_spacing).to(dtype=pos.dtype, device=pos.device)
+        phi = calculator(q[:, None], cell, pos, torch.stack([i_t, j_t], dim=1), r)[:, 0]
+        energies = COULOMB_EV_A * q * phi
+        pair = 0.5 * COULOMB_EV_A * q[i_t] * q[j_t] * damped_pair_kernel(r, self.r0, self.short_cutoff)
+        return energies.index_add(0, i_t, pair).index_add(0, j_t, pair)
+
+
+class Dispersion(nn.Module):
+    """Pairwise D3-like dispersion: -sum C6_ij / (r^6 + R_ij^6) with C6_ij = sqrt(C6_i C6_j), R_ij = a1 (R0_i + R0_j) + a2,
+    smoothly switched off between ``cutoff - 1`` and ``cutoff`` Å. Fixed (not trained).
+
+    Output: per-atom energies (N,) in eV.
+    """
+
+    def __init__(self, cutoff: float = 10.0, s6: float = 1.0, a1: float = 0.6, a2: float = 1.0):
+        super().__init__()
+        self.cutoff, self.s6, self.a1, self.a2 = cutoff, s6, a1, a2
+        c6 = torch.zeros(119, dtype=torch.float64)
+        r0 = torch.ones(119, dtype=torch.float64)
+        for z, value in _D2_C6.items():
+            c6[z] = value * _J_NM6_PER_MOL_TO_EV_A6
+            r0[z] = _D2_R0[z]
+        self.register_buffer("c6", c6, persistent=False)
+        self.register_buffer("r0", r0, persistent=False)
+
+    def forward(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        pos_np = positions.detach().cpu().double().numpy()
+        numbers = graph.atomic_numbers
+        i_all, j_all, s_all = [], [], []
+        for b in range(graph.num_graphs):
+            start, stop = int(graph.ptr[b]), int(graph.ptr[b + 1])
+            pbc = graph.pbc[b].cpu().numpy()
+            i, j, s = neighbor_list(pos_np[start:stop], cell[b].detach().cpu().double().numpy(), pbc, self.cutoff, full=False)
+            i_all.append(i + start)
+            j_all.append(j + start)
+            s_all.append(s)
+        i = torch.from_numpy(np.concatenate(i_all)).to(positions.device)
+        j = torch.from_numpy(np.concatenate(j_all)).to(positions.device)
+        s = torch.from_numpy(np.concatenate(s_all)).to(dtype=positions.dtype, device=positions.device)
+        shifts = torch.einsum("ek,ekl->el", s, cell[graph.batch[i]])
+        r = (positions[j] - positions[i] + shifts).norm(dim=1)
+        c6 = torch.sqrt(self.c6[numbers[i]] * self.c6[numbers[j]]).to(positions.dtype)
+        radius = (self.a1 * (self.r0[numbers[i]] + self.r0[numbers[j]]) + self.a2).to(positions.dtype)
+        pair = -0.5 * self.s6 * c6 / (r**6 + radius**6) * smooth_switch(r, self.cutoff - 1.0, self.cutoff)
+        return torch.zeros_like(positions[:, 0]).index_add(0, i, pair).index_add(0, j, pair)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from mlmd import keys
+from mlmd.graph import graph_from_atoms
+from potentials.bamboo import BambooPotential
+from tests.conftest import water_cluster
+from tests.potentials.mixin import PotentialTests
+
+SMALL = {"num_features": 16, "num_rbf": 8, "num_layers": 2, "num_heads": 2}
+
+
+class TestBamboo(PotentialTests):
+    periodic_energy_atol = 1e-4  # PME mesh discretisation
+    periodic_force_atol = 1e-3
+
+    def make_model(self):
+        model = BambooPotential(SMALL)
+        model.set_reference_energies({1: -10.0, 8: -100.0, 3: -5.0, 9: -50.0}, 0.5)
+        return model
+
+
+class TestBambooWithoutPhysics(PotentialTests):
+    def make_model(self):
+        return BambooPotential({**SMALL, "coulomb": False, "dispersion": False})
+
+
+def test_charges_follow_total_charge_and_dipole_is_sum_q_r():
+    model = BambooPotential(SMALL).double().eval()
+    atoms = water_cluster(2)
+    atoms.info[keys.TOTAL_CHARGE] = 1
+    out = model(graph_from_atoms(atoms, 5.0).to(dtype=torch.float64))
+    q = out[keys.CHARGES].detach()
+    assert q.sum().item() == pytest.approx(1.0)
+    dipole = (q[:, None] * torch.tensor(atoms.positions)).sum(0)
+    assert torch.allclose(out[keys.DIPOLE][0].detach(), dipole)
+
+
+def test_damped_coulomb_is_finite_at_short_range_and_one_over_r_beyond_cutoff():
+    from potentials.physics import damped_pair_kernel
+
+    r = torch.tensor([1e-4, 6.0], dtype=torch.float64)
+    kernel = 1.0 / r + damped_pair_kernel(r, 2.2, 5.0)
+    assert kernel[0].item() == pytest.approx(2 / (torch.pi**0.5 * 2.2), rel=1e-3)
+    assert kernel[1].item() == pytest.approx(1 / 6.0)
+
+
+def test_pme_reproduces_madelung_energy_of_rocksalt():
+    from ase.build import bulk
+
+    from potentials.physics import DampedCoulomb
+
+    nacl = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    graph = graph_from_atoms(nacl, 5.0, check=False).to(dtype=torch.float64)
+    charges = torch.tensor([1.0 if z == 11 else -1.0 for z in nacl.numbers], dtype=torch.float64)
+    coulomb = DampedCoulomb(r0=1e-3, short_cutoff=5.0, smearing=1.0, mesh_spacing=0.2)
+    energy = coulomb(graph, charges, graph.positions, graph.cell).sum().item()
+    madelung = -1.747565 * 14.399645 / (5.64 / 2) * 4  # 4 ion pairs per cubic cell
+    assert energy == pytest.approx(madelung, rel=2e-3)
