@@ -105,7 +105,15 @@ def _thermo_row(dyn: Any, atoms: Atoms, step: int, time_fs: float, epot: float, 
 
 
 def _initial_velocities(atoms: Atoms, config: MDConfig, rng: np.random.Generator) -> None:
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
+
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ase < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
+
+        def thermalize_momenta(atoms, temperature_K, rng=None):
+            _mb(atoms, temperature_K=temperature_K, rng=rng)
 
     has_momenta = atoms.has("momenta") and np.any(atoms.get_momenta() != 0)
     mode = config.initial_velocities
@@ -117,7 +125,7 @@ def _initial_velocities(atoms: Atoms, config: MDConfig, rng: np.random.Generator
         if mode == "maxwell":
             raise ConfigError("initial_velocities 'maxwell' needs temperature_K (a positive number in K)")
         return
-    MaxwellBoltzmannDistribution(atoms, temperature_K=config.temperature_K, rng=rng)
+    thermalize_momenta(atoms, config.temperature_K, rng=rng)
     if len(atoms) > 1:
         Stationary(atoms)
 
@@ -143,7 +151,6 @@ def run_md(
     elif isinstance(config, dict):
         config = make_config(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     guards = config.guards
     atoms = atoms.copy()
     ckpt = None
@@ -216,7 +223,10 @@ def run_md(
     def trip(t: Trip, step: int) -> SimulationError:
         path = workdir / mdio.LAST_GOOD
         last_good.save(path)
-        where = f"last good frame (step {last_good.step}) saved to {path}" if last_good.atoms is not None else "no good frame to save"
+        if last_good.atoms is not None:
+            where = f"last good frame (step {last_good.step}) saved to {path}"
+        else:
+            where = f"the starting state (step {step}) already fails this guard; nothing saved"
         return SimulationError(f"guard '{t.guard}' tripped at step {step}: {t.detail}; {where}")
 
     def evaluate(step: int, time_fs: float) -> tuple[float, np.ndarray]:
@@ -237,6 +247,7 @@ def run_md(
         last_good.take(atoms, step, time_fs, energy, forces)
         return energy, forces
 
+    workdir.mkdir(parents=True, exist_ok=True)  # only now: a rejected input leaves no folder behind
     if restart:
         mdio.prepare_restart(workdir, start)
     mdio.write_json(workdir / mdio.CONFIG, config.model_dump(mode="json"))
