@@ -38,6 +38,8 @@ def positions(value, name: str = "positions", min_frames: int = 2) -> np.ndarray
 
 def positive(name: str, value, unit: str) -> float:
     """A finite number > 0 (temperature, volume, time step, viscosity, ...)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     try:
         v = float(value)
     except (TypeError, ValueError):
