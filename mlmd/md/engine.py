@@ -229,13 +229,13 @@ def run_md(
             where = f"the starting state (step {step}) already fails this guard; nothing saved"
         return SimulationError(f"guard '{t.guard}' tripped at step {step}: {t.detail}; {where}")
 
-    def evaluate(step: int, time_fs: float) -> tuple[float, np.ndarray]:
+    def evaluate(step: int, time_fs: float, initial: bool = False) -> tuple[float, np.ndarray]:
         try:
             energy = float(atoms.get_potential_energy())
             forces = atoms.get_forces()
-        except MLMDError:
-            raise
         except Exception as exc:
+            if initial and isinstance(exc, MLMDError):  # e.g. an element the model does not know: bad input
+                raise
             raise trip(Trip("calculator", f"the calculator failed ({type(exc).__name__}: {_first_line(exc)})"), step) from exc
         t = check_state(
             atoms, energy=energy, forces=forces, temperature_K=float(atoms.get_temperature()),
@@ -247,6 +247,8 @@ def run_md(
         last_good.take(atoms, step, time_fs, energy, forces)
         return energy, forces
 
+    # The first evaluation (and its guard check) happens before anything is written.
+    energy, _ = evaluate(start, start_time, initial=True)
     workdir.mkdir(parents=True, exist_ok=True)  # only now: a rejected input leaves no folder behind
     if restart:
         mdio.prepare_restart(workdir, start)
@@ -256,7 +258,6 @@ def run_md(
     t0 = time.perf_counter()
     try:
         traj = mdio.TrajectoryWriter(workdir, atoms, resume_step=start if restart else None)
-        energy, _ = evaluate(start, start_time)
         if not restart:
             thermo.write(_thermo_row(dyn, atoms, start, start_time, energy, want_pressure))
             traj.write(atoms, start, start_time)
@@ -267,9 +268,7 @@ def run_md(
             time_fs = start_time + (step - start) * dt
             try:
                 dyn.step()
-            except MLMDError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # includes the calculator's own MLMDErrors (e.g. atoms too close)
                 raise trip(Trip("calculator", f"the step failed ({type(exc).__name__}: {_first_line(exc)})"), step) from exc
             dyn.nsteps = step
             do_log = step % config.log_interval == 0
