@@ -40,6 +40,7 @@ class MDResult:
     wall_time_s: float
     restarted: bool
     paths: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, float | None] = field(default_factory=dict)  # over the whole log (all segments)
 
     @property
     def steps_run(self) -> int:
@@ -302,6 +303,7 @@ def run_md(
     result = MDResult(
         workdir=workdir, atoms=atoms, first_step=start, last_step=end, time_fs=final_time,
         n_frames=traj.n_frames, wall_time_s=wall, restarted=restart, paths=paths,
+        summary=mdio.summarize_thermo(paths["thermo"], len(atoms)),
     )
     mdio.write_json(
         workdir / mdio.RESULT,
@@ -310,6 +312,7 @@ def run_md(
             "wall_time_s": wall, "restarted": restart, "integrator": integrator_name(config),
             "steps_per_s": (end - start) / wall if wall > 0 else None,
             "files": {k: p.name for k, p in paths.items()},
+            "summary": result.summary,
         },
     )
     return result

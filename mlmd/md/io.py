@@ -95,6 +95,27 @@ def read_thermo(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: data[:, k] for k, name in enumerate(header)}
 
 
+def summarize_thermo(path: str | os.PathLike, n_atoms: int) -> dict[str, float | None]:
+    """Means and spreads of the log, and the drift of the conserved quantity (linear fit, meV/atom/ps)."""
+    th = read_thermo(path)
+    out: dict[str, float | None] = {"rows": len(th["step"])}
+
+    def stat(col: str) -> tuple[float | None, float | None]:
+        v = th[col][np.isfinite(th[col])]
+        return (float(v.mean()), float(v.std())) if len(v) else (None, None)
+
+    for col in ("temperature_K", "density_g_cm3", "pressure_bar", "volume_A3", "epot_eV"):
+        out[f"{col}_mean"], out[f"{col}_std"] = stat(col)
+    t, e = th["time_fs"], th["conserved_eV"]
+    ok = np.isfinite(e)
+    if ok.sum() >= 2 and np.ptp(t[ok]) > 0:
+        slope = np.polyfit(t[ok], e[ok], 1)[0]  # eV/fs
+        out["conserved_drift_meV_per_atom_per_ps"] = float(slope * 1e3 * 1e3 / n_atoms)
+    else:
+        out["conserved_drift_meV_per_atom_per_ps"] = None
+    return out
+
+
 def _truncate_thermo(path: Path, step: int) -> None:
     if not path.exists():
         return

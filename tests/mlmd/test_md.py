@@ -110,6 +110,8 @@ def test_nve_conserves_energy(tmp_path):
     assert th["temperature_K"][0] == pytest.approx(300, rel=0.3)  # Maxwell-Boltzmann start
     assert th["density_g_cm3"][0] == pytest.approx(8.96, abs=0.05)
     assert np.isfinite(th["pressure_bar"]).all()
+    assert abs(res.summary["conserved_drift_meV_per_atom_per_ps"]) < 1.0
+    assert json.loads((tmp_path / "nve" / "result.json").read_text())["summary"]["rows"] == 51
     # The centre of mass does not move (velocities were made stationary).
     assert np.allclose(res.atoms.get_momenta().sum(axis=0), 0, atol=1e-10)
 
@@ -414,6 +416,27 @@ def test_calculator_failure_is_a_simulation_error(tmp_path):
     with pytest.raises(SimulationError, match=r"^guard 'calculator' tripped at step 4: the step failed "
                        r"\(RuntimeError: SCF did not converge\); last good frame \(step 3\) saved to .*$"):
         run_md(cu32(), Wrapped(EMT(), hook), fast(ensemble="nve", steps=10, guards=GuardConfig(interval=1)), tmp_path)
+
+
+def test_calculator_input_errors(tmp_path):
+    """An MLMDError from the calculator at the start is bad input (propagates, nothing written); during the run
+    (e.g. the ML calculator rejecting atoms that came too close) it is a guard trip with the last good frame."""
+
+    def unknown_element(results, ncalls):
+        raise InputError("element Cu is not in the model's species (H, C, O); use a model trained on Cu")
+
+    with pytest.raises(InputError, match=r"^element Cu is not in the model's species"):
+        run_md(cu32(), Wrapped(EMT(), unknown_element), fast(steps=5), tmp_path / "start")
+    assert not (tmp_path / "start").exists()
+
+    def too_close_later(results, ncalls):
+        if ncalls > 3:
+            raise InputError("atoms 1 and 2 are 0.400 Å apart; atoms closer than 0.5 Å are rejected")
+
+    with pytest.raises(SimulationError, match=r"^guard 'calculator' tripped at step 3: the step failed \(InputError: "
+                       r"atoms 1 and 2 are 0.400 Å apart; atoms closer than 0.5 Å are rejected\); "
+                       r"last good frame \(step 2\) saved to .*last_good.extxyz$"):
+        run_md(cu32(), Wrapped(EMT(), too_close_later), fast(steps=5, guards=GuardConfig(interval=1)), tmp_path / "mid")
 
 
 # --- input checks ------------------------------------------------------------------------------------------

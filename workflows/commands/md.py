@@ -137,3 +137,15 @@ def register(app: typer.Typer) -> None:
             f"md: steps {result.first_step} -> {result.last_step} ({result.time_fs / 1000:.3f} ps) in "
             f"{result.wall_time_s:.1f} s ({rate:.1f} steps/s); {result.n_frames} frames; outputs in {result.workdir}"
         )
+        s = result.summary
+        parts = []
+        if s.get("temperature_K_mean") is not None:
+            parts.append(f"T = {s['temperature_K_mean']:.1f} ± {s['temperature_K_std']:.1f} K")
+        if s.get("density_g_cm3_mean") is not None:
+            parts.append(f"density = {s['density_g_cm3_mean']:.4f} ± {s['density_g_cm3_std']:.4f} g/cm³")
+        if s.get("pressure_bar_mean") is not None:
+            parts.append(f"P = {s['pressure_bar_mean']:.0f} ± {s['pressure_bar_std']:.0f} bar")
+        if s.get("conserved_drift_meV_per_atom_per_ps") is not None:
+            parts.append(f"conserved-energy drift = {s['conserved_drift_meV_per_atom_per_ps']:.3g} meV/atom/ps")
+        if parts:
+            typer.echo("md: " + "; ".join(parts))
