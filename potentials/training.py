@@ -1,0 +1,396 @@
+"""Training of mlmd potentials: typed config, losses, EMA, early stopping, checkpoint/resume, JSON-lines log,
+data parallel over ``torchrun`` processes (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlmd import keys
+from mlmd.checkpoint import read_checkpoint, save_checkpoint
+from mlmd.data import Sample, collate_samples, frames_hash, make_sample, read_frames, split_indices
+from mlmd.errors import ConfigError
+from mlmd.io import atomic_path
+from potentials.bamboo import ELECTROSTATIC_ENERGIES, BambooConfig, BambooPotential
+
+
+class LossWeights(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    energy: float = 200.0  # on (eV/atom)^2
+    forces: float = 1.0  # on (eV/Å)^2
+    virial: float = 10.0  # on (eV/atom)^2
+    charges: float = 0.5  # on e^2
+    dipole: float = 0.02  # on (e·Å)^2
+    charge_residual: float = 0.01  # variance of dE_elec/dq within a structure, eV^2
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; loaded from YAML, overridable from the CLI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str]
+    output: str = "runs/train"
+    model: BambooConfig = Field(default_factory=BambooConfig)
+    init_from: str | None = None  # fine-tune from an existing checkpoint
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    seed: int = 0
+    batch_size: int = 8
+    epochs: int = 100
+    max_time_min: float | None = None
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 10.0
+    ema_decay: float = 0.995
+    patience: int = 20
+    weights: LossWeights = Field(default_factory=LossWeights)
+    dtype: str = "float32"
+    num_threads: int | None = None
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (unknown keys and wrong types are errors) and apply ``overrides`` (dotted keys allowed)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown setting {where!r}; accepted: {', '.join(TrainConfig.model_fields)}") from None
+        raise ConfigError(f"setting {where!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+# -- distributed helpers ------------------------------------------------------------------------------------
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _init_distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
+    dist = _dist()
+    if dist is None:
+        return
+    world = dist.get_world_size()
+    for t in tensors:
+        dist.all_reduce(t)
+        t /= world
+
+
+# -- reference energies ---------------------------------------------------------------------------------------
+def fit_reference_energies(samples: Sequence[Sample], species: Sequence[int]) -> tuple[dict[int, float], float]:
+    """Least-squares per-element energies from compositions, and an energy scale (RMS force component, eV/Å·Å)."""
+    with_energy = [s for s in samples if s.energy is not None]
+    counts = np.array([[int((s.graph.atomic_numbers == z).sum()) for z in species] for s in with_energy], dtype=float)
+    energies = np.array([s.energy for s in with_energy])
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    present = counts.sum(axis=0) > 0
+    reference = {int(z): float(e) if p else 0.0 for z, e, p in zip(species, solution, present)}
+    forces = np.concatenate([s.forces.ravel() for s in samples if s.forces is not None])
+    scale = float(np.sqrt(np.mean(forces**2))) if len(forces) else 1.0
+    return reference, max(scale, 1e-3)
+
+
+# -- losses ---------------------------------------------------------------------------------------------------
+def compute_losses(model, graph, targets, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    want_stress = bool(targets[keys.STRESS + "_mask"].any())
+    out = model(graph, compute_forces=True, compute_stress=want_stress, create_graph=True)
+    n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(graph.positions.dtype)
+    atom_mask_f = targets[keys.FORCES + "_mask"][graph.batch]
+    atom_mask_q = targets[keys.CHARGES + "_mask"][graph.batch]
+    parts: dict[str, torch.Tensor] = {}
+    m = targets[keys.ENERGY + "_mask"]
+    if m.any():
+        parts["energy"] = (((out[keys.ENERGY] - targets[keys.ENERGY]) / n_atoms)[m] ** 2).mean()
+    if atom_mask_f.any():
+        parts["forces"] = ((out[keys.FORCES] - targets[keys.FORCES])[atom_mask_f] ** 2).mean()
+    if want_stress:
+        m = targets[keys.STRESS + "_mask"]
+        volume = graph.volumes().clamp_min(1e-9)
+        diff = (out[keys.STRESS] - targets[keys.STRESS]) * (volume / n_atoms)[:, None, None]
+        parts["virial"] = (diff[m] ** 2).mean()
+    if keys.CHARGES in out and atom_mask_q.any():
+        parts["charges"] = ((out[keys.CHARGES] - targets[keys.CHARGES])[atom_mask_q] ** 2).mean()
+    m = targets[keys.DIPOLE + "_mask"] & ~graph.pbc.any(dim=1)
+    if keys.DIPOLE in out and m.any():
+        parts["dipole"] = ((out[keys.DIPOLE] - targets[keys.DIPOLE])[m] ** 2).mean()
+    if weights.charge_residual > 0 and ELECTROSTATIC_ENERGIES in out:
+        (mu,) = torch.autograd.grad(out[ELECTROSTATIC_ENERGIES].sum(), out[keys.CHARGES], create_graph=True)
+        mean = torch.zeros_like(n_atoms).index_add(0, graph.batch, mu) / n_atoms
+        parts["charge_residual"] = ((mu - mean[graph.batch]) ** 2).mean()
+    total = sum(getattr(weights, name) * value for name, value in parts.items())
+    return total, {name: float(value.detach()) for name, value in parts.items()}
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------
+def _empty_metrics() -> dict[str, Any]:
+    return {"e_abs": [], "e_sq": [], "f_abs": [], "f_sq": [], "q_abs": [], "n_structures": 0, "n_atoms": 0}
+
+
+def _finish_metrics(acc: dict[str, Any]) -> dict[str, Any]:
+    def mean(values):
+        return float(np.mean(np.concatenate(values))) if values and sum(len(v) for v in values) else None
+
+    e_mae, e_mse = mean(acc["e_abs"]), mean(acc["e_sq"])
+    f_mae, f_mse = mean(acc["f_abs"]), mean(acc["f_sq"])
+    q_mae = mean(acc["q_abs"])
+    return {
+        "energy_mae_meV_per_atom": None if e_mae is None else 1000 * e_mae,
+        "energy_rmse_meV_per_atom": None if e_mse is None else 1000 * math.sqrt(e_mse),
+        "force_mae_meV_per_A": None if f_mae is None else 1000 * f_mae,
+        "force_rmse_meV_per_A": None if f_mse is None else 1000 * math.sqrt(f_mse),
+        "charge_mae_e": q_mae,
+        "n_structures": acc["n_structures"],
+        "n_atoms": acc["n_atoms"],
+    }
+
+
+def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dtype=torch.float32) -> dict[str, Any]:
+    """Error metrics over ``samples`` (overall and ``by_config_type``) in meV/atom, meV/Å and e."""
+    groups: dict[str, dict[str, Any]] = {}
+    total = _empty_metrics()
+    model.eval()
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        graph, targets = collate_samples(chunk, dtype=dtype)
+        out = model(graph, compute_forces=True)
+        n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
+        e_err = ((out[keys.ENERGY].detach() - targets[keys.ENERGY]) / n_atoms).abs().numpy()
+        f_err = (out[keys.FORCES].detach() - targets[keys.FORCES]).abs().numpy()
+        q_err = (out[keys.CHARGES].detach() - targets[keys.CHARGES]).abs().numpy() if keys.CHARGES in out else None
+        ptr = graph.ptr.numpy()
+        for b, sample in enumerate(chunk):
+            atoms = slice(ptr[b], ptr[b + 1])
+            for acc in (total, groups.setdefault(sample.config_type, _empty_metrics())):
+                acc["n_structures"] += 1
+                acc["n_atoms"] += int(ptr[b + 1] - ptr[b])
+                if sample.energy is not None:
+                    acc["e_abs"].append(e_err[b:b + 1])
+                    acc["e_sq"].append(e_err[b:b + 1] ** 2)
+                if sample.forces is not None:
+                    acc["f_abs"].append(f_err[atoms].ravel())
+                    acc["f_sq"].append(f_err[atoms].ravel() ** 2)
+                if sample.charges is not None and q_err is not None:
+                    acc["q_abs"].append(q_err[atoms])
+    result = _finish_metrics(total)
+    result["by_config_type"] = {name: _finish_metrics(acc) for name, acc in sorted(groups.items())}
+    return result
+
+
+# -- training loop --------------------------------------------------------------------------------------------
+def _lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a BAMBOO potential. Writes ``output/{last,best}.pt``, ``metrics.jsonl``, ``final_metrics.json``."""
+    rank, world = _init_distributed()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(cfg.dtype)
+    if dtype is None:
+        raise ConfigError(f"dtype {cfg.dtype!r} is not supported; use float32 or float64")
+    out_dir = Path(cfg.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    frames = read_frames(cfg.data)
+    species = cfg.model.species
+    samples = [make_sample(a, cfg.model.cutoff, species) for a in frames]
+    parts = split_indices(len(samples), cfg.split, cfg.seed)
+    train_set = [samples[k] for k in parts[0]]
+    valid_set = [samples[k] for k in parts[1]] or train_set[: max(1, len(train_set) // 10)]
+    test_set = [samples[k] for k in parts[2]]
+    data_hash = frames_hash(frames)
+
+    if cfg.init_from:
+        from mlmd.checkpoint import load_potential
+
+        model = load_potential(cfg.init_from).train()
+    else:
+        model = BambooPotential(cfg.model)
+        reference, scale = fit_reference_energies(train_set, species)
+        model.set_reference_energies(reference, scale)
+    model = model.to(dtype=dtype)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world))
+    total_steps = steps_per_epoch * cfg.epochs
+    state = {"epoch": 0, "step": 0, "best": float("inf"), "bad_epochs": 0, "elapsed": 0.0}
+
+    last = out_dir / "last.pt"
+    log_path = out_dir / "metrics.jsonl"
+    if last.exists():  # resume
+        payload = read_checkpoint(last)
+        model.load_state_dict(payload["state_dict"])
+        ema.load_state_dict({k[4:]: v for k, v in payload.items() if k.startswith("ema.")})
+        optimizer.load_state_dict(_unflatten_optimizer(payload))
+        state.update(json.loads(payload["train_state"]))
+        torch.set_rng_state(payload["rng_state"])
+
+    metadata = {"data_hash": data_hash, "data": list(cfg.data), "split_seed": cfg.seed, "split": list(cfg.split),
+                "n_train": len(train_set), "n_valid": len(valid_set), "n_test": len(test_set),
+                "train_config": json.loads(cfg.model_dump_json())}
+
+    def save(path: Path, target_model, with_state: bool) -> None:
+        extra = None
+        if with_state:
+            extra = {"train_state": json.dumps(state), "rng_state": torch.get_rng_state()}
+            extra.update({f"ema.{k}": v.detach().clone() for k, v in ema.state_dict().items()})
+            extra.update(_flatten_optimizer(optimizer))
+        save_checkpoint(target_model, path, metadata=metadata, extra=extra)
+
+    bar = None
+    if progress and rank == 0:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                       TimeRemainingColumn(), transient=False)
+        bar.start()
+        task = bar.add_task("train", total=total_steps, completed=state["step"], epoch=state["epoch"], info="")
+    start_time = time.time() - state["elapsed"]
+    rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
+    while state["epoch"] < cfg.epochs:
+        model.train()
+        order = rng.permutation(len(train_set))
+        sums: dict[str, float] = {}
+        for batch_start in range(0, len(order), cfg.batch_size * world):
+            chunk = order[batch_start:batch_start + cfg.batch_size * world][rank::world]
+            if len(chunk) == 0:
+                continue
+            graph, targets = collate_samples([train_set[k] for k in chunk], dtype=dtype)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(state["step"], total_steps, cfg)
+            loss, parts = compute_losses(model, graph, targets, cfg.weights)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            _all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1.0 - cfg.ema_decay)
+            state["step"] += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["n"] = sums.get("n", 0) + 1
+            if bar is not None:
+                bar.update(task, completed=state["step"], epoch=state["epoch"], info=f"loss {float(loss):.4g}")
+        state["epoch"] += 1
+        state["elapsed"] = time.time() - start_time
+        if rank == 0:
+            valid = evaluate_samples(ema, valid_set, dtype=dtype)
+            score = valid["energy_mae_meV_per_atom"] * 10 + valid["force_mae_meV_per_A"]
+            record = {"epoch": state["epoch"], "step": state["step"], "time_s": round(state["elapsed"], 1),
+                      "lr": optimizer.param_groups[0]["lr"],
+                      **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
+                      **{f"valid_{k}": v for k, v in valid.items() if k != "by_config_type"}}
+            _log(log_path, record)
+            if score < state["best"]:
+                state["best"], state["bad_epochs"] = score, 0
+                save(out_dir / "best.pt", ema, with_state=False)
+            else:
+                state["bad_epochs"] += 1
+            save(last, model, with_state=True)
+            if bar is not None:
+                bar.update(task, info=f"valid E {valid['energy_mae_meV_per_atom']:.2f} meV/atom, "
+                                      f"F {valid['force_mae_meV_per_A']:.1f} meV/Å")
+        stop = torch.tensor([int(state["bad_epochs"] >= cfg.patience or (
+            cfg.max_time_min is not None and state["elapsed"] > 60 * cfg.max_time_min))])
+        dist = _dist()
+        if dist is not None:
+            dist.broadcast(stop, 0)
+        if bool(stop):
+            break
+    if bar is not None:
+        bar.stop()
+    result: dict[str, Any] = {}
+    if rank == 0:
+        from mlmd.checkpoint import load_potential
+
+        best = load_potential(out_dir / "best.pt", dtype=dtype)
+        result = {"epochs": state["epoch"], "train_time_s": round(state["elapsed"], 1),
+                  "valid": evaluate_samples(best, valid_set, dtype=dtype),
+                  "test": evaluate_samples(best, test_set, dtype=dtype) if test_set else None}
+        metadata["metrics"] = {"valid": _summary(result["valid"]), "test": _summary(result["test"])}
+        save(out_dir / "best.pt", best, with_state=False)
+        with atomic_path(out_dir / "final_metrics.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if metrics is None else {k: v for k, v in metrics.items() if k != "by_config_type"}
+
+
+def _flatten_optimizer(optimizer) -> dict[str, Any]:
+    """Optimiser state as tensors + JSON (weights_only checkpoints hold no arbitrary objects)."""
+    state = optimizer.state_dict()
+    flat: dict[str, Any] = {"optim.param_groups": json.dumps(state["param_groups"])}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            flat[f"optim.state.{index}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return flat
+
+
+def _unflatten_optimizer(payload: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in payload.items():
+        if key.startswith("optim.state."):
+            _, _, index, name = key.split(".", 3)
+            state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": json.loads(payload["optim.param_groups"])}

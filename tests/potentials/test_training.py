@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.calculators.lj import LennardJones
+from ase.io import write
+
+from mlmd import keys
+from mlmd.errors import ConfigError, InputError
+from potentials.training import load_train_config, train
+from tests.conftest import water_cluster
+
+TINY_MODEL = {"num_features": 16, "num_rbf": 8, "num_layers": 2, "num_heads": 2, "dispersion": False}
+
+
+def labelled_clusters(path, n=24, seed=0, with_charges=True):
+    """Rattled water clusters labelled by a smooth analytic reference (LJ), with fixed partial charges."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = water_cluster(2 + k % 2, seed=k)
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        atoms.calc = LennardJones(sigma=0.9, epsilon=0.05, rc=4.5, smooth=True)
+        atoms.info[keys.REF_ENERGY] = atoms.get_potential_energy()
+        atoms.arrays[keys.REF_FORCES] = atoms.get_forces()
+        if with_charges:
+            atoms.arrays[keys.REF_CHARGES] = np.where(atoms.numbers == 8, -0.8, 0.4)
+        atoms.info[keys.CONFIG_TYPE] = "dimer" if k % 2 == 0 else "trimer"
+        atoms.calc = None
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+    return path
+
+
+def test_tiny_training_run_lowers_loss_and_resumes(tmp_path):
+    data = labelled_clusters(tmp_path / "data.xyz")
+    cfg = load_train_config(None, {"data": [str(data)], "output": str(tmp_path / "run"), "model": TINY_MODEL,
+                                   "epochs": 16, "batch_size": 4, "lr": 5e-3, "warmup_steps": 2, "ema_decay": 0.5,
+                                   "split": [0.7, 0.15, 0.15]})
+    result = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 16
+    assert np.mean([r["train_loss"] for r in log[-3:]]) < 0.3 * np.mean([r["train_loss"] for r in log[:3]])
+    assert log[-1]["valid_force_mae_meV_per_A"] < 0.65 * log[0]["valid_force_mae_meV_per_A"]
+    assert set(result["test"]["by_config_type"]) <= {"dimer", "trimer"}
+    # resume: more epochs continue from the saved step count
+    cfg2 = cfg.model_copy(update={"epochs": 18})
+    train(cfg2, progress=False)
+    log2 = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log2] == list(range(1, 19))
+    assert log2[16]["step"] == log[-1]["step"] + log[-1]["step"] // 16
+
+
+def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: [a.xyz]\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        load_train_config(path)
+    path.write_text("data: [a.xyz]\nepochs: many\n")
+    with pytest.raises(ConfigError, match="setting 'epochs': Input should be a valid integer"):
+        load_train_config(path)
+
+
+def test_missing_reference_keys_are_reported(tmp_path):
+    data = labelled_clusters(tmp_path / "data.xyz", n=2)
+    from ase.io import read
+
+    frames = read(data, ":")
+    del frames[1].info[keys.REF_ENERGY]
+    write(tmp_path / "bad.xyz", frames, format="extxyz")
+    cfg = load_train_config(None, {"data": [str(tmp_path / "bad.xyz")], "output": str(tmp_path / "run")})
+    with pytest.raises(InputError, match="structure 1 has no 'REF_energy'"):
+        train(cfg, progress=False)
