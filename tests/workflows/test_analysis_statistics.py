@@ -5,7 +5,8 @@ import pytest
 from scipy.signal import lfilter
 
 from mlmd.errors import InputError
-from workflows.analysis.statistics import (autocorrelation, block_average, replica_mean, standard_error,
+from workflows.analysis.statistics import (autocorrelation, block_average, density, detect_equilibration,
+                                           replica_mean, standard_error,
                                            statistical_inefficiency)
 
 
@@ -91,3 +92,27 @@ def test_bad_method_and_replicas():
     with pytest.raises(InputError) as e:
         replica_mean([1.0])
     assert message(e) == "replica values must hold at least 2 replicas; got 1"
+
+
+def test_detect_equilibration_skips_a_transient():
+    x = ar1(0.5, 4000, 5)
+    x[:400] += np.linspace(10.0, 0.0, 400)          # relaxation at the start
+    eq = detect_equilibration(x)
+    assert 300 <= eq.start <= 700
+    assert eq.g == pytest.approx(3.0, rel=0.3)
+
+
+def test_density_from_volume_series():
+    mass = 6.022e3                                   # amu
+    v = 1e4 * (1 + 0.01 * ar1(0.9, 20000, 7) * np.sqrt(1 - 0.81))  # Å³, ~1 % fluctuations
+    res = density(mass, v)
+    expected = mass / 1e4 * 1.66053906660
+    assert res.mean == pytest.approx(expected, rel=1e-3)
+    assert 0 < res.sem < 1e-3 and res.converged
+    assert res.n_samples + res.start == 20000
+    with pytest.raises(InputError) as e:
+        density(mass, np.r_[v[:10], -1.0])
+    assert str(e.value) == "volumes_A3 must all be > 0 Å³; got -1.0"
+    with pytest.raises(InputError) as e:
+        density(0.0, v)
+    assert str(e.value) == "total_mass_amu must be a number > 0 amu; got 0.0"

@@ -8,6 +8,8 @@
   independent samples is n / g.
 - :func:`standard_error` — the standard error of the mean of a correlated series by either method.
 - :func:`replica_mean` — mean and standard error over independent replicas.
+- :func:`detect_equilibration` — where to start averaging (maximum number of independent samples).
+- :func:`density` — g/cm³ from an NPT volume series, with equilibration cut and blocking error bar.
 
 All take plain 1-D arrays and return plain Python numbers or small dataclasses.
 """
@@ -20,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from mlmd.errors import InputError
+from mlmd.units import G_PER_CM3_PER_AMU_PER_A3
 
 from . import _checks
 
@@ -181,3 +184,59 @@ def replica_mean(values) -> tuple[float, float]:
     if a.shape[0] < 2:
         raise InputError(f"replica values must hold at least 2 replicas; got {a.shape[0]}")
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(a.shape[0]))
+
+
+@dataclass
+class Equilibration:
+    """Result of :func:`detect_equilibration`: discard ``start`` samples; the rest holds ``n_effective``
+    independent samples (statistical inefficiency ``g``)."""
+
+    start: int
+    g: float
+    n_effective: float
+
+
+def detect_equilibration(x, n_candidates: int = 50) -> Equilibration:
+    """Start of the equilibrated part of a series: the origin t0 that maximises the number of independent samples
+    (n - t0) / g(t0) of the remainder (Chodera, J. Chem. Theory Comput. 12, 1799 (2016)).
+
+    ``n_candidates`` evenly spaced origins in the first half of the series are tried.
+    """
+    a = _series(x, "series")
+    n = a.shape[0]
+    best = Equilibration(0, statistical_inefficiency(a), n / statistical_inefficiency(a))
+    for t0 in np.unique(np.linspace(0, n // 2, max(2, int(n_candidates))).astype(int))[1:]:
+        if n - t0 < MIN_SAMPLES:
+            break
+        g = statistical_inefficiency(a[t0:])
+        if (n - t0) / g > best.n_effective:
+            best = Equilibration(int(t0), g, (n - t0) / g)
+    return best
+
+
+@dataclass
+class Density:
+    """Mass density in g/cm³ from a volume series: mean, standard error (automatic blocking), and the equilibration
+    cut used. ``converged`` is False when blocking found no plateau (error bar is then a lower bound)."""
+
+    mean: float
+    sem: float
+    start: int
+    n_samples: int
+    converged: bool
+    series: np.ndarray = field(repr=False)
+
+
+def density(total_mass_amu, volumes_A3, discard_equilibration: bool = True) -> Density:
+    """Density (g/cm³) of a box of total mass ``total_mass_amu`` from its volume series (Å³, NPT).
+
+    With ``discard_equilibration`` the start found by :func:`detect_equilibration` is dropped first.
+    """
+    mass = _checks.positive("total_mass_amu", total_mass_amu, "amu")
+    v = _series(volumes_A3, "volumes_A3")
+    if np.any(v <= 0):
+        raise InputError(f"volumes_A3 must all be > 0 Å³; got {float(v[v <= 0][0])!r}")
+    rho = mass / v * G_PER_CM3_PER_AMU_PER_A3
+    start = detect_equilibration(rho).start if discard_equilibration else 0
+    ba = block_average(rho[start:])
+    return Density(ba.mean, ba.sem, start, rho.shape[0] - start, ba.converged, rho)
