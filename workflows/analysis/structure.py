@@ -83,7 +83,9 @@ def build_topology(atomic_numbers, mol_id=None, residue_names=None) -> md.Topolo
 
 
 def make_trajectory(positions, cells, topology: md.Topology) -> md.Trajectory:
-    """An mdtraj Trajectory from positions (T, N, 3) or (N, 3) in Å and cells (3, 3) or (T, 3, 3) in Å (rows = vectors)."""
+    """An mdtraj Trajectory from positions (T, N, 3) or (N, 3) and cells (3, 3) or (T, 3, 3), all in Å.
+
+    Cell rows are the lattice vectors (ASE convention)."""
     x = np.asarray(positions, dtype=np.float64)
     if x.ndim == 2:
         x = x[None]

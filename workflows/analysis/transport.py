@@ -106,7 +106,8 @@ def _ols_weights(lags: np.ndarray) -> np.ndarray:
 def _origin_slopes(x: np.ndarray, w: np.ndarray, i0: int) -> np.ndarray:
     """Per-origin OLS slope of |x(t0 + τ) - x(t0)|² over lags τ = i0 .. i0+len(w)-1 (in frames), summed over units.
 
-    x : (T, M, 3). Returns a series of length T - i1, one value per origin t0 (slope per frame, summed over the M units).
+    x : (T, M, 3). Returns a series of length T - i1, one value per origin t0 (the slope in the units of ``w``,
+    summed over the M units).
     Uses Σ w = 0:  Σ_τ w_τ |x(t0+τ) - x(t0)|² = Σ_τ w_τ |x(t0+τ)|² - 2 x(t0)·Σ_τ w_τ x(t0+τ).
     """
     t, m, _ = x.shape
