@@ -5,8 +5,8 @@ import pytest
 
 from mlmd.errors import InputError
 from mlmd.units import KB_EV_PER_K
-from workflows.analysis.transport import (S_PER_M_PER_E2_PER_A_EV_FS, box_length_from_cell, ionic_conductivity,
-                                          make_units, msd_fft, self_diffusion, yeh_hummer,
+from workflows.analysis.transport import (S_PER_M_PER_E2_PER_A_EV_FS, box_length_from_cell, corrected_diffusion,
+                                          ionic_conductivity, make_units, msd_fft, self_diffusion, yeh_hummer,
                                           yeh_hummer_correction)
 
 DT = 10.0
@@ -127,6 +127,9 @@ def test_yeh_hummer_arithmetic():
     assert d_inf == pytest.approx(1e-4 + corr)
     assert sem == pytest.approx(np.hypot(1e-6, 0.1 * corr))
     assert box_length_from_cell(np.eye(3) * 30.0) == 30.0
+    d = self_diffusion(brownian(np.full(20, 1e-3), 50, 0), DT, np.ones(20), ["A"] * 20)
+    both = corrected_diffusion(d, 300.0, 1.0, 30.0, viscosity_sem=0.1)
+    assert both["A"] == pytest.approx(yeh_hummer(d["A"].d, 300.0, 1.0, 30.0, d["A"].sem, 0.1))
 
 
 def msg(exc_info):

@@ -23,7 +23,7 @@ _EXPORTS = {
     "block_average": "statistics", "statistical_inefficiency": "statistics", "standard_error": "statistics",
     "replica_mean": "statistics", "detect_equilibration": "statistics", "density": "statistics",
     "self_diffusion": "transport", "ionic_conductivity": "transport", "yeh_hummer": "transport",
-    "yeh_hummer_correction": "transport", "box_length_from_cell": "transport", "msd_fft": "transport",
+    "yeh_hummer_correction": "transport", "corrected_diffusion": "transport", "box_length_from_cell": "transport", "msd_fft": "transport",
     "green_kubo_viscosity": "viscosity",
     "build_topology": "structure", "make_trajectory": "structure", "rdf": "structure",
     "solvation_shells": "structure", "solvation_analysis": "structure",
