@@ -64,7 +64,9 @@ class TransformerLayer(nn.Module):
     sum_j a_ij v_j W_s(r_ij), vector messages sum_j a_ij v_j W_v(r_ij) (x) r_hat_ij; a gated update mixes scalars
     with vector norms and dot products.
 
-    s: (N, F), V: (N, 3, F), rbf: (E, K), unit: (E, 3), fcut: (E,), edge_index (2, E) -> s, V.
+    Neighbours are in a dense padded layout (N atoms x M slots; padded slots have fcut = 0 and unit = 0), so the
+    vector message is one batched matmul instead of an (E, 3, F) scatter.
+    s: (N, F), V: (N, 3, F), rbf: (N, M, K), unit: (N, M, 3), fcut: (N, M), neighbors: (N * M,) -> s, V.
     """
 
     def __init__(self, num_features: int, num_rbf: int, num_heads: int):
@@ -73,23 +75,23 @@ class TransformerLayer(nn.Module):
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(f)
         self.qkv = nn.Linear(f, 3 * f)
-        self.radial = nn.Linear(num_rbf, 2 * f)
+        # Separate maps (not one split in two): the backward of a split concatenates large edge tensors.
+        self.radial_s = nn.Linear(num_rbf, f)
+        self.radial_v = nn.Linear(num_rbf, f)
         self.vector_mix = nn.Linear(f, 2 * f, bias=False)
         self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
 
-    def forward(self, s, V, rbf, unit, fcut, edge_index):
-        i, j = edge_index
+    def forward(self, s, V, rbf, unit, fcut, neighbors):
         n, f = s.shape
+        m = fcut.shape[1]
         heads, width = self.num_heads, f // self.num_heads
         q, k, v = self.qkv(self.norm(s)).chunk(3, dim=-1)
-        score = (q.index_select(0, i) * k.index_select(0, j)).view(-1, heads, width).sum(-1) / math.sqrt(width)
-        attention = nn.functional.silu(score) * fcut[:, None]  # (E, H)
-        w_s, w_v = self.radial(rbf).chunk(2, dim=-1)
-        value = (v.index_select(0, j).view(-1, heads, width) * attention[:, :, None]).view(-1, f)
-        message_s = value * w_s
-        message_v = (value * w_v)[:, None, :] * unit[:, :, None]
-        s = s.index_add(0, i, message_s)
-        V = V.index_add(0, i, message_v)
+        k_j = k.index_select(0, neighbors).view(n, m, heads, width)
+        score = (q.view(n, 1, heads, width) * k_j).sum(-1) / math.sqrt(width)  # (N, M, H)
+        attention = nn.functional.silu(score) * fcut[:, :, None]
+        value = (v.index_select(0, neighbors).view(n, m, heads, width) * attention[..., None]).view(n, m, f)
+        s = s + (value * self.radial_s(rbf)).sum(dim=1)
+        V = V + torch.bmm(unit.transpose(1, 2), value * self.radial_v(rbf))  # (N, 3, M) @ (N, M, F)
         U, W = self.vector_mix(V).chunk(2, dim=-1)
         norms = torch.sqrt((U * U).sum(dim=1) + 1e-8)
         dots = (U * W).sum(dim=1)
@@ -97,6 +99,26 @@ class TransformerLayer(nn.Module):
         s = s + a_s + a_dot * dots
         V = V + a_v[:, None, :] * W
         return s, V
+
+
+def dense_neighbors(edge_index: torch.Tensor, vectors: torch.Tensor, num_atoms: int, cutoff: float):
+    """Edge list -> padded per-atom slots.
+
+    edge_index: (2, E) [i, j]; vectors: (E, 3) r_ij. Returns neighbors (N * M,) atom index per slot (0 when padded),
+    r (N, M) distances (``cutoff`` when padded) and unit (N, M, 3) (zero when padded); all differentiable in vectors.
+    """
+    i, j = edge_index
+    order = torch.argsort(i, stable=True)
+    i, j, vectors = i[order], j[order], vectors[order]
+    counts = torch.bincount(i, minlength=num_atoms)
+    m = max(1, int(counts.max()) if counts.numel() else 1)
+    first = torch.cumsum(counts, 0) - counts
+    slot = i * m + (torch.arange(i.shape[0], device=i.device) - first[i])
+    r = vectors.norm(dim=1)
+    neighbors = torch.zeros(num_atoms * m, dtype=torch.long, device=i.device).index_put((slot,), j)
+    r_dense = vectors.new_full((num_atoms * m,), cutoff).index_put((slot,), r).view(num_atoms, m)
+    unit = vectors.new_zeros(num_atoms * m, 3).index_put((slot,), vectors / r[:, None]).view(num_atoms, m, 3)
+    return neighbors, r_dense, unit
 
 
 class BambooPotential(Potential):
@@ -148,18 +170,15 @@ class BambooPotential(Potential):
         """Scalar features (N, F) after the transformer layers."""
         species = self.species_index[graph.atomic_numbers]
         vectors = graph.edge_vectors(positions, cell)
-        r = vectors.norm(dim=1)
         cutoff = self.cutoff
-        inside = r < cutoff  # the list may carry a skin; edges beyond the cutoff drop out here
-        edge_index = graph.edge_index[:, inside]
-        vectors, r = vectors[inside], r[inside]
-        unit = vectors / r[:, None]
+        inside = vectors.norm(dim=1) < cutoff  # the list may carry a skin; edges beyond the cutoff drop out here
+        neighbors, r, unit = dense_neighbors(graph.edge_index[:, inside], vectors[inside], graph.num_atoms, cutoff)
         fcut = cosine_cutoff(r, cutoff)
-        rbf = self.rbf(r) * fcut[:, None]
+        rbf = self.rbf(r.flatten()).view(*r.shape, -1) * fcut[..., None]
         s = self.embedding(species)
         V = s.new_zeros(s.shape[0], 3, s.shape[1])
         for layer in self.layers:
-            s, V = layer(s, V, rbf, unit, fcut, edge_index)
+            s, V = layer(s, V, rbf, unit, fcut, neighbors)
         return s, species
 
     def compute_energy(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
