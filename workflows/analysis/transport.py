@@ -87,6 +87,7 @@ def msd_fft(x) -> np.ndarray:
     counts = (t - np.arange(t))[:, None]
     for lo in range(0, m, per_unit):
         xc = x[:, lo:lo + per_unit]
+        xc = xc - xc.mean(axis=0)                      # MSD is shift-invariant; small numbers cancel better
         d = np.sum(xc * xc, axis=2)                                       # (T, m)
         cs = np.concatenate([np.zeros((1, d.shape[1])), np.cumsum(d, axis=0)])
         lag = np.arange(t)
@@ -118,6 +119,7 @@ def _origin_slopes(x: np.ndarray, w: np.ndarray, i0: int) -> np.ndarray:
     total = np.zeros(n)
     for lo in range(0, m, per_unit):
         xc = x[:, lo:lo + per_unit]
+        xc = xc - xc.mean(axis=0)
         sq = np.sum(xc * xc, axis=2)                                      # (T, m)
         a = fftconvolve(sq[i0:], wr[:, None], mode="valid", axes=0)[:n]   # Σ_τ w_τ |x(t0+τ)|²
         b = fftconvolve(xc[i0:], wr[:, None, None], mode="valid", axes=0)[:n]
