@@ -302,8 +302,9 @@ def solvation_shells(traj: md.Trajectory, li_indices, cutoffs_A: dict[str, float
     for _, contact in _contacts(traj, li, groups) if groups else []:
         rc = _residue_contacts(contact, res, n_res)
         rc[:, np.arange(li.shape[0]), li_res] = False            # a Li⁺ is not in its own shell
-        for nm in names:
-            frame_comp[nm].append(rc[:, :, res_names == nm].sum(axis=2).mean(axis=1))
+        per_name = np.stack([rc[:, :, res_names == nm].sum(axis=2) for nm in names], axis=2)   # (t, n_li, names)
+        for k, nm in enumerate(names):
+            frame_comp[nm].append(per_name[:, :, k].mean(axis=1))
         for el in used:
             frame_coord[el].append(contact[:, :, elements == el].sum(axis=2).mean(axis=1))
         frame_size.append(rc.sum(axis=2).mean(axis=1))
@@ -313,10 +314,9 @@ def solvation_shells(traj: md.Trajectory, li_indices, cutoffs_A: dict[str, float
         bridged = np.einsum("tla,ta->tl", an.astype(int), (shared > 1).astype(int)) > 0
         cls = np.where(n_an == 0, 0, np.where((n_an == 1) & ~bridged, 1, 2))
         frame_class.append(cls)
-        for k in range(rc.shape[0]):
-            for j in range(rc.shape[1]):
-                cnt = Counter(res_names[np.nonzero(rc[k, j])[0]].tolist())
-                combos[" + ".join(f"{v} {c}" for c, v in sorted(cnt.items())) or "empty"] += 1
+        rows, counts = np.unique(per_name.reshape(-1, len(names)), axis=0, return_counts=True)
+        for row, cnt in zip(rows, counts):
+            combos[tuple(int(v) for v in row)] += int(cnt)
     if not frame_size:
         raise InputError(f"cutoffs_A names no element present besides Li; got {sorted(cutoffs_A)}")
     classes = np.concatenate(frame_class, axis=0)
@@ -325,7 +325,8 @@ def solvation_shells(traj: md.Trajectory, li_indices, cutoffs_A: dict[str, float
         composition={nm: _sem_series(np.concatenate(frame_comp[nm])) for nm in names},
         coordination={el: _sem_series(np.concatenate(frame_coord[el])) for el in used},
         shell_size=_sem_series(np.concatenate(frame_size)),
-        top_compositions=[(k, v / total) for k, v in combos.most_common(n_top)],
+        top_compositions=[(" + ".join(f"{v} {nm}" for nm, v in zip(names, key) if v) or "empty", c / total)
+                          for key, c in combos.most_common(n_top)],
         pairing={c: _sem_series((classes == i).mean(axis=1)) for i, c in enumerate(PAIRING_CLASSES)},
         cutoffs_A=used,
         classes=classes,
