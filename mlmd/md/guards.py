@@ -38,11 +38,22 @@ def min_distance(atoms: Atoms, cutoff: float) -> tuple[float, int, int] | None:
     if not any(pbc):
         box = np.zeros((3, 3))
     points = np.ascontiguousarray(atoms.positions, dtype=np.float64)
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False)
+    # A cell list with cells as small as a sub-Å cutoff has millions of cells and is slow; search at about the
+    # mean interatomic spacing (capped at 3 Å, never below the threshold) and filter.
+    if all(pbc):
+        volume = abs(float(np.linalg.det(box)))
+    else:
+        span = np.ptp(points, axis=0) if len(points) > 1 else np.zeros(3)
+        volume = float(np.prod(np.maximum(span, 1.0)))
+    spacing = (volume / max(len(atoms), 1)) ** (1.0 / 3.0) if volume > 0 else 0.0
+    search = max(float(cutoff), min(3.0, spacing))
+    nl = vesin.NeighborList(cutoff=search, full_list=False)
     i, j, d = nl.compute(points, box, pbc, quantities="ijd")
     if len(d) == 0:
         return None
     k = int(np.argmin(d))
+    if d[k] >= cutoff:
+        return None
     return float(d[k]), int(i[k]), int(j[k])
 
 

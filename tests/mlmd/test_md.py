@@ -162,6 +162,37 @@ def test_npt_conserves_extended_energy_near_equilibrium(tmp_path):
     assert np.ptp(th["volume_A3"]) > 0.1  # the volume does fluctuate
 
 
+class Zero(Calculator):
+    """No interactions at all: an ideal gas."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": 0.0, "free_energy": 0.0, "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+
+
+@pytest.mark.slow
+def test_npt_samples_isothermal_isobaric_ensemble_of_ideal_gas(tmp_path):
+    """Ideal gas in NPT: p(V) ~ V^N exp(-PV/kT), so <V> = (N+1) kT / P and std(V)/<V> = 1/sqrt(N+1).
+    A Berendsen barostat fails the second check (it suppresses volume fluctuations). ~1 min."""
+    from ase import units
+
+    n, temperature, v_target = 8, 300.0, 1000.0
+    pressure_bar = (n + 1) * units.kB * temperature / v_target / units.bar
+    atoms = Atoms(f"Ar{n}", positions=np.random.default_rng(1).random((n, 3)) * 10, cell=[10, 10, 10], pbc=True)
+    cfg = MDConfig(ensemble="npt", timestep_fs=5.0, steps=20000, temperature_K=temperature, pressure_bar=pressure_bar,
+                   thermostat_time_fs=100.0, barostat_time_fs=500.0, log_interval=5, trajectory_interval=20000,
+                   checkpoint_interval=20000, guards=GuardConfig(interval=100, min_distance_A=1e-3, temperature_factor=None))
+    res = run_md(atoms, Zero(), cfg, tmp_path / "gas")
+    th = read_thermo(res.paths["thermo"])
+    v = th["volume_A3"][th["step"] >= 4000]
+    assert v.mean() == pytest.approx(v_target, rel=0.08)
+    assert v.std() / v.mean() == pytest.approx(1 / np.sqrt(n + 1), rel=0.25)
+    assert th["temperature_K"].mean() == pytest.approx(temperature, rel=0.05)
+
+
 def test_npt_full_cell_runs(tmp_path):
     res = run_md(cu32(3.70), EMT(), fast(ensemble="npt", barostat="mtk", steps=60, barostat_time_fs=100.0),
                  tmp_path / "mtk")
