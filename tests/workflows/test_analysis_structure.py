@@ -23,6 +23,7 @@ def test_ideal_gas_rdf_is_one_and_coordination_is_density():
     assert np.all(np.abs(g.g[40:] - 1.0) < 0.15)
     assert g.coordination[-1] == pytest.approx((n - 20) / box ** 3 * 4 / 3 * np.pi * 1000.0, rel=0.02)
     assert g.r[0] == pytest.approx(0.05)
+    assert np.isnan(g.first_minimum)                 # no shell: no cutoff (single close contacts are ignored)
 
 
 def test_topology_from_atomic_numbers_and_mol_id():

@@ -148,16 +148,24 @@ def _pairs(traj: md.Trajectory, centres: np.ndarray, neighbours: np.ndarray, exc
     return np.stack([ci[keep], nj[keep]], axis=1)
 
 
-def first_minimum(r: np.ndarray, g: np.ndarray, smooth_bins: int = 3) -> tuple[float, float]:
-    """(first peak, first minimum after it) of g(r), from a moving average over ``smooth_bins``; nan if absent.
+def first_minimum(r: np.ndarray, g: np.ndarray, smooth_bins: int = 3, counts=None, min_count: int = 3,
+                  min_peak: float = 1.5) -> tuple[float, float]:
+    """(first peak, first minimum after it) of g(r); nan where there is none.
 
-    The peak is the highest point of g; the minimum is the first point after it that is the lowest within
-    ±0.25 Å and lies below the peak by at least 10 %.
+    g is smoothed by a moving average over ``smooth_bins``. Bins holding fewer than ``min_count`` pair counts
+    (when ``counts`` is given) are ignored: at small r a single close contact makes a spike. The peak is the
+    highest point of the smoothed g and must reach ``min_peak`` (an ideal gas has no shell); the minimum is
+    the first point after it that is the lowest within ±0.25 Å and lies at least 10 % below the peak.
     """
-    gs = np.convolve(g, np.ones(smooth_bins) / smooth_bins, mode="same") if smooth_bins > 1 else g
+    gg = np.asarray(g, dtype=np.float64).copy()
+    if counts is not None:
+        gg[np.asarray(counts) < min_count] = 0.0
+    gs = np.convolve(gg, np.ones(smooth_bins) / smooth_bins, mode="same") if smooth_bins > 1 else gg
     if not np.any(gs > 0):
         return float("nan"), float("nan")
     ip = int(np.argmax(gs))
+    if gs[ip] < min_peak:
+        return float("nan"), float("nan")
     dr = float(r[1] - r[0]) if r.shape[0] > 1 else 1.0
     w = max(1, int(round(0.25 / dr)))
     for i in range(ip + 1, gs.shape[0] - 1):
@@ -201,8 +209,9 @@ def rdf(traj: md.Trajectory, centres, neighbours, r_max_A: float = 8.0, bin_widt
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     # Pair density per centre: (pairs / centres) × mean(1 / V), V in Å³.
     rho = pairs.shape[0] / a.shape[0] * weight / traj.n_frames / 1000.0
-    coordination = rho * np.cumsum(g * shell)
-    peak, minimum = first_minimum(r, g)
+    per_bin = rho * g * shell                                   # mean neighbours per centre in each bin
+    coordination = np.cumsum(per_bin)
+    peak, minimum = first_minimum(r, g, counts=per_bin * a.shape[0] * traj.n_frames)
     cn = float(np.interp(minimum, edges[1:], coordination)) if np.isfinite(minimum) else float("nan")
     return RDF(label, r, g, coordination, peak, minimum, cn)
 
