@@ -8,7 +8,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from mlmd.errors import InputError
-from workflows.analysis.plots import plot_green_kubo, plot_msd, plot_rdf, save_figure
+from workflows.analysis.plots import plot_density, plot_green_kubo, plot_msd, plot_rdf, save_figure
+from workflows.analysis.statistics import density
 from workflows.analysis.structure import build_topology, make_trajectory, rdf
 from workflows.analysis.transport import self_diffusion
 from workflows.analysis.viscosity import green_kubo_viscosity
@@ -38,6 +39,10 @@ def test_plots_return_figures_and_save(tmp_path):
     traj = make_trajectory(rng.uniform(0, 20, (5, 100, 3)), np.eye(3) * 20, build_topology([3] * 10 + [8] * 90))
     g = rdf(traj, np.arange(10), np.arange(10, 100), r_max_A=8.0, label="Li-O")
     assert isinstance(plot_rdf({"O": g}), Figure)
+    vols = 1e4 * (1 + 0.01 * rng.standard_normal(500))
+    vols[:50] *= 1.1
+    assert isinstance(plot_density(density(6000.0, vols), dt_fs=100.0, path=tmp_path / "rho.pdf"), Figure)
+    assert (tmp_path / "rho.pdf").read_bytes()[:4] == b"%PDF"
     assert not list(tmp_path.glob(".*.tmp"))          # no temporary files left
 
 

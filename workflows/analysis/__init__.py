@@ -27,7 +27,7 @@ _EXPORTS = {
     "green_kubo_viscosity": "viscosity",
     "build_topology": "structure", "make_trajectory": "structure", "rdf": "structure",
     "solvation_shells": "structure", "solvation_analysis": "structure",
-    "plot_msd": "plots", "plot_green_kubo": "plots", "plot_rdf": "plots",
+    "plot_msd": "plots", "plot_density": "plots", "plot_green_kubo": "plots", "plot_rdf": "plots",
 }
 
 __all__ = sorted(_EXPORTS)

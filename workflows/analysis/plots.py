@@ -1,4 +1,4 @@
-"""Figures for the estimators: MSD fits, Green–Kubo running integrals, RDFs.
+"""Figures for the estimators: density traces, MSD fits, Green–Kubo running integrals, RDFs.
 
 Each function returns a ``matplotlib.figure.Figure`` (built without pyplot: no global state, no backend switch)
 and, given ``path``, also writes it atomically (format from the suffix: .png, .svg, .pdf).
@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from mlmd.errors import InputError
 from mlmd.io import atomic_path
 
+from .statistics import Density
 from .structure import RDF
 from .transport import DiffusionResult, MSDFit
 from .viscosity import GreenKuboResult
@@ -118,6 +119,30 @@ def plot_rdf(rdfs, path: str | os.PathLike | None = None) -> Figure:
     ax.set_ylabel("g(r)")
     ax2.set_ylabel("n(r)")
     ax.legend(fontsize=8, loc="upper right")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_density(result: Density, dt_fs: float | None = None, path: str | os.PathLike | None = None) -> Figure:
+    """Density trace with the discarded equilibration shaded and the mean ± standard error."""
+    if not isinstance(result, Density):
+        raise InputError(f"result must be a Density; got {type(result).__name__}")
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    n = result.series.shape[0]
+    if dt_fs is None:
+        x, xlabel, x0 = np.arange(n), "sample", result.start
+    else:
+        x, xlabel, x0 = np.arange(n) * dt_fs / 1000.0, "time (ps)", result.start * dt_fs / 1000.0
+    ax.plot(x, result.series, lw=0.8, color="C0")
+    if result.start > 0:
+        ax.axvspan(x[0], x0, color="0.9", zorder=0, label="equilibration (discarded)")
+    ax.axhline(result.mean, color="C3", lw=1.0, label=f"{result.mean:.4f} ± {result.sem:.4f} g/cm³")
+    ax.axhspan(result.mean - result.sem, result.mean + result.sem, color="C3", alpha=0.2, lw=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density (g/cm³)")
+    ax.legend(fontsize=8)
     if path is not None:
         save_figure(fig, path)
     return fig
