@@ -60,11 +60,9 @@ class _Snapshot:
         self.step = -1
 
     def take(self, atoms: Atoms, step: int, time_fs: float, energy: float, forces: np.ndarray) -> None:
-        frame = atoms.copy()
-        frame.calc = None
-        frame.info = {"step": int(step), "time_fs": float(time_fs), "energy": float(energy)}
-        frame.arrays["forces"] = np.array(forces, dtype=np.float64)
-        self.atoms, self.step = frame, step
+        results = dict(getattr(atoms.calc, "results", {}) or {})
+        results.update(energy=energy, forces=forces)
+        self.atoms, self.step = mdio.make_frame(atoms, step, time_fs, results), step
 
     def save(self, path: Path) -> None:
         if self.atoms is not None:
@@ -133,7 +131,7 @@ def _initial_velocities(atoms: Atoms, config: MDConfig, rng: np.random.Generator
 
 def run_md(
     atoms: Atoms,
-    calculator: BaseCalculator,
+    calculator: BaseCalculator | None,
     config: MDConfig | dict[str, Any] | None = None,
     workdir: str | Path = "md_run",
     *,
@@ -142,7 +140,7 @@ def run_md(
 ) -> MDResult:
     """Run MD on ``atoms`` with ``calculator``; write the run folder ``workdir`` (see :mod:`mlmd.md.io`).
 
-    ``restart=True`` continues from ``workdir/checkpoint.npz`` up to ``config.steps`` total steps; ``atoms``
+    ``calculator`` None uses ``atoms.calc``. ``restart=True`` continues from ``workdir/checkpoint.npz`` up to ``config.steps`` total steps; ``atoms``
     then only supplies species, masses and per-atom arrays (they must match the checkpoint).
     ``progress(step, last_step)`` is called every ``log_interval`` steps.
     Raises InputError / ConfigError before starting, SimulationError when a guard trips.
@@ -151,6 +149,10 @@ def run_md(
         config = MDConfig()
     elif isinstance(config, dict):
         config = make_config(config)
+    if calculator is None:
+        calculator = atoms.calc
+        if calculator is None:
+            raise InputError("no calculator: pass one to run_md or attach it to the atoms (atoms.calc = ...)")
     workdir = Path(workdir)
     guards = config.guards
     atoms = atoms.copy()

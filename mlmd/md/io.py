@@ -217,6 +217,14 @@ class TrajectoryWriter:
             if self.dcd_path.exists() and n_keep > 0:
                 with _quiet_stdout(), DCDTrajectoryFile(str(self.dcd_path), "r") as f:
                     old_xyz, old_lengths, old_angles = f.read(n_frames=n_keep)
+            if n_keep > 0 and (old_xyz is None or len(old_xyz) != n_keep):
+                # The DCD lost frames (a crash before its buffers reached the disk): rebuild it from the extxyz.
+                import ase.io
+
+                kept_frames = ase.io.read(self.xyz_path, index=f":{n_keep}", format="extxyz")
+                old_xyz = np.array([f.positions for f in kept_frames], dtype=np.float32)
+                par = np.array([f.cell.cellpar() for f in kept_frames], dtype=np.float32)
+                old_lengths, old_angles = par[:, :3], par[:, 3:]
         self.n_frames = 0 if old_xyz is None else len(old_xyz)
         self._xyz = open(self.xyz_path, "a" if resume_step is not None else "w")
         # mdtraj cannot append to a DCD file: copy the kept frames into a new file, move it into place and keep
@@ -236,14 +244,7 @@ class TrajectoryWriter:
     def write(self, atoms: Atoms, step: int, time_fs: float) -> None:
         from ase.io.extxyz import write_extxyz
 
-        frame = atoms.copy()
-        frame.calc = None
-        frame.info = {"step": int(step), "time_fs": float(time_fs)}
-        res = atoms.calc.results if atoms.calc is not None else {}
-        if "energy" in res:
-            frame.info["energy"] = float(res["energy"])
-        if "forces" in res:
-            frame.arrays["forces"] = np.array(res["forces"], dtype=np.float64)
+        frame = make_frame(atoms, step, time_fs, atoms.calc.results if atoms.calc is not None else {})
         write_extxyz(self._xyz, [frame], columns=None)
         self._xyz.flush()
         xyz = atoms.positions[None].astype(np.float32)
@@ -259,12 +260,30 @@ class TrajectoryWriter:
         self._dcd.close()
 
 
-def write_frame(atoms: Atoms, path: Path, info: dict[str, Any] | None = None) -> None:
-    """Write one frame (positions, momenta, cell, energy/forces if attached) to extxyz atomically."""
+_KEPT_ARRAYS = ("masses", "mol_id")  # per-atom inputs worth carrying into every frame
+
+
+def make_frame(atoms: Atoms, step: int, time_fs: float, results: dict[str, Any]) -> Atoms:
+    """A clean copy for output: positions, momenta, cell, masses/mol_id, and this step's energy, forces and
+    charges (not stale per-atom arrays of the input file such as REF_forces)."""
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    frame.set_momenta(atoms.get_momenta(), apply_constraint=False)
+    for name in _KEPT_ARRAYS:
+        if name in atoms.arrays:
+            frame.set_array(name, np.array(atoms.arrays[name]))
+    frame.info = {"step": int(step), "time_fs": float(time_fs)}
+    if "energy" in results:
+        frame.info["energy"] = float(results["energy"])
+    for name in ("forces", "charges"):
+        if name in results and np.shape(results[name])[:1] == (len(atoms),):
+            frame.set_array(name, np.array(results[name], dtype=np.float64))
+    return frame
+
+
+def write_frame(frame: Atoms, path: Path) -> None:
+    """Write one frame (see :func:`make_frame`) to extxyz atomically."""
     from ase.io.extxyz import write_extxyz
 
-    frame = atoms.copy()
-    frame.info.update(info or {})
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         write_extxyz(fh, [frame])
 

@@ -336,6 +336,35 @@ def test_cluster_trajectory_has_no_cell(tmp_path):
     assert np.isnan(th["volume_A3"]).all() and np.isnan(th["pressure_bar"]).all()
 
 
+def test_frames_drop_stale_input_arrays_and_keep_charges(tmp_path):
+    def with_charges(results, ncalls):
+        results["charges"] = np.linspace(-0.5, 0.5, 32)
+
+    atoms = cu32()
+    atoms.set_array("REF_forces", np.ones((32, 3)))  # a labelled input file: must not leak into the frames
+    atoms.calc = Wrapped(EMT(), with_charges)
+    res = run_md(atoms, None, fast(ensemble="nvt", steps=5), tmp_path / "r")  # None: use atoms.calc
+    frame = ase.io.read(res.paths["trajectory_extxyz"], index=-1)
+    assert "REF_forces" not in frame.arrays
+    assert np.allclose(frame.get_charges(), np.linspace(-0.5, 0.5, 32))
+    with pytest.raises(InputError, match=r"^no calculator"):
+        run_md(cu32(), None, fast(steps=5), tmp_path / "none")
+
+
+def test_restart_rebuilds_a_dcd_that_lost_frames(tmp_path):
+    cfg = fast(ensemble="nvt", steps=20)
+    full = run_md(cu32(), FreshEMT(), cfg.model_copy(update={"steps": 30}), tmp_path / "full")
+    run_md(cu32(), FreshEMT(), cfg, tmp_path / "crash")
+    xyz, lengths, angles = _read_dcd(tmp_path / "crash" / "trajectory.dcd")
+    from mdtraj.formats import DCDTrajectoryFile
+
+    with DCDTrajectoryFile(str(tmp_path / "crash" / "trajectory.dcd"), "w") as f:  # only 2 of 5 frames
+        f.write(xyz[:2], cell_lengths=lengths[:2], cell_angles=angles[:2])
+    res = run_md(cu32(), FreshEMT(), cfg.model_copy(update={"steps": 30}), tmp_path / "crash", restart=True)
+    (xf, lf, _), (xs, ls, _) = _read_dcd(full.paths["trajectory_dcd"]), _read_dcd(res.paths["trajectory_dcd"])
+    assert len(xs) == len(xf) == 7 and np.allclose(xs, xf, atol=1e-6) and np.allclose(ls, lf)
+
+
 def test_topology_uses_molecule_ids(tmp_path):
     import mdtraj
 
