@@ -50,6 +50,19 @@ def test_self_diffusion_error_bar_is_calibrated():
     assert abs(np.mean(z)) < 1.0
 
 
+def test_single_particle_uses_origin_blocking_and_flags_long_windows():
+    z = []
+    for seed in range(12):
+        x = brownian([0.01], 8000, seed)
+        long = self_diffusion(x, DT, [1.0], ["Li"], remove_com=False)["Li"]
+        assert not long.converged                   # window = 40 % of the run: too few independent blocks
+        short = self_diffusion(x, DT, [1.0], ["Li"], remove_com=False, window_fs=(50.0, 1000.0))["Li"]
+        assert short.converged and short.method == "blocking"
+        z.append((short.d - 0.01) / short.sem)
+    # Measured: std(z) = 1.02 over 30 seeds.
+    assert 0.6 < np.std(z) < 1.5
+
+
 def test_molecules_move_as_centres_of_mass_and_species_are_separated():
     rng = np.random.default_rng(2)
     n_mol = 300
