@@ -100,6 +100,9 @@ def _thermo_row(dyn: Any, atoms: Atoms, step: int, time_fs: float, epot: float, 
         if want_pressure:
             stress = atoms.get_stress(voigt=False, include_ideal_gas=True)
             row["pressure_bar"] = float(-np.trace(stress) / 3.0 * BAR_PER_EV_PER_A3)
+            for name, (a, b) in zip(("pxx_bar", "pyy_bar", "pzz_bar", "pyz_bar", "pxz_bar", "pxy_bar"),
+                                    ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))):
+                row[name] = float(-stress[a, b] * BAR_PER_EV_PER_A3)
     return row
 
 

@@ -2,7 +2,8 @@
 
 Layout of a run folder::
 
-    thermo.csv          step,time_fs,epot_eV,ekin_eV,etot_eV,conserved_eV,temperature_K,volume_A3,density_g_cm3,pressure_bar
+    thermo.csv          step,time_fs,epot_eV,ekin_eV,etot_eV,conserved_eV,temperature_K,volume_A3,density_g_cm3,
+                        pressure_bar,pxx_bar,pyy_bar,pzz_bar,pyz_bar,pxz_bar,pxy_bar (empty where not available)
     trajectory.extxyz   ASE-readable frames (positions, momenta, cell, energy, forces; info: step, time_fs)
     trajectory.dcd      mdtraj-readable frames (Å and cell lengths/angles in the file; mdtraj converts to nm)
     topology.pdb        topology for the DCD: ``mdtraj.load("trajectory.dcd", top="topology.pdb")``
@@ -48,6 +49,9 @@ RESULT = "result.json"
 THERMO_COLUMNS = (
     "step", "time_fs", "epot_eV", "ekin_eV", "etot_eV", "conserved_eV",
     "temperature_K", "volume_A3", "density_g_cm3", "pressure_bar",
+    # Pressure tensor P = -stress including the kinetic (ideal-gas) part, bar, Voigt order; the off-diagonal
+    # components feed Green-Kubo viscosity.
+    "pxx_bar", "pyy_bar", "pzz_bar", "pyz_bar", "pxz_bar", "pxy_bar",
 )
 CHECKPOINT_FORMAT = "mlmd-md-checkpoint"
 CHECKPOINT_VERSION = 1

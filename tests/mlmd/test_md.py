@@ -110,6 +110,8 @@ def test_nve_conserves_energy(tmp_path):
     assert th["temperature_K"][0] == pytest.approx(300, rel=0.3)  # Maxwell-Boltzmann start
     assert th["density_g_cm3"][0] == pytest.approx(8.96, abs=0.05)
     assert np.isfinite(th["pressure_bar"]).all()
+    assert np.allclose((th["pxx_bar"] + th["pyy_bar"] + th["pzz_bar"]) / 3, th["pressure_bar"], rtol=1e-8)
+    assert np.isfinite(th["pxy_bar"]).all() and np.abs(th["pxy_bar"]).max() > 0
     assert abs(res.summary["conserved_drift_meV_per_atom_per_ps"]) < 1.0
     assert json.loads((tmp_path / "nve" / "result.json").read_text())["summary"]["rows"] == 51
     # The centre of mass does not move (velocities were made stationary).
