@@ -71,7 +71,8 @@ def block_average(x, min_blocks: int = 8, min_block_size: int = 1) -> BlockAvera
     min_blocks : the chosen level must keep at least this many blocks; if the test asks for fewer, the result
         is flagged ``converged=False``.
     min_block_size : smallest acceptable block (samples), for series whose correlation length is known
-        (e.g. per-origin MSD slopes, correlated over the fit window); the level is raised to reach it.
+        (e.g. per-origin MSD slopes, correlated over the fit window); the level is raised to reach it, and
+        the plateau-growth check only compares levels at or above it.
 
     At each level the series is halved by averaging neighbouring pairs (a trailing odd sample is dropped).
     The per-level estimate is SEM_k² = s_k² / (n_k - 1) with s_k² the biased variance of the n_k blocks,
@@ -122,8 +123,11 @@ def block_average(x, min_blocks: int = 8, min_block_size: int = 1) -> BlockAvera
         big = np.nonzero((sizes_a >= min_block_size) & (n_blocks >= 2))[0]
         chosen = int(big[0]) if big.size else d - 1
         converged = bool(n_blocks[chosen] >= min_blocks)
-    if chosen > 0 and sems_a[chosen - 1] > 0 and sems_a[chosen] / sems_a[chosen - 1] > PLATEAU_GROWTH:
-        converged = False   # still rising towards the plateau (sqrt(2) per level when blocks << correlation time)
+    # Still rising towards the plateau (sqrt(2) per level when blocks << correlation time)? Only judged between
+    # admissible levels: below min_block_size the series is known to be correlated.
+    if chosen > 0 and sizes_a[chosen - 1] >= min_block_size and sems_a[chosen - 1] > 0 \
+            and sems_a[chosen] / sems_a[chosen - 1] > PLATEAU_GROWTH:
+        converged = False
     sem = float(sems_a[chosen])
     g = max(1.0, sem * sem * n0 / var0) if var0 > 0 else 1.0
     return BlockAverage(mean, sem, float(errs_a[chosen]), float(g), int(chosen), converged, n0,
