@@ -143,8 +143,9 @@ def run_md(
 ) -> MDResult:
     """Run MD on ``atoms`` with ``calculator``; write the run folder ``workdir`` (see :mod:`mlmd.md.io`).
 
-    ``calculator`` None uses ``atoms.calc``. ``restart=True`` continues from ``workdir/checkpoint.npz`` up to ``config.steps`` total steps; ``atoms``
-    then only supplies species, masses and per-atom arrays (they must match the checkpoint).
+    ``calculator`` None uses ``atoms.calc``; ``atoms`` itself is not modified (the final state is
+    ``result.atoms``). ``restart=True`` continues from ``workdir/checkpoint.npz`` up to ``config.steps`` total
+    steps; ``atoms`` then only supplies species, masses and per-atom arrays (they must match the checkpoint).
     ``progress(step, last_step)`` is called every ``log_interval`` steps.
     Raises InputError / ConfigError before starting, SimulationError when a guard trips.
     """
@@ -194,9 +195,13 @@ def run_md(
     atoms.calc = calculator
     rng = np.random.default_rng(config.seed)
     if ckpt is not None:
-        if ckpt.rng_state is None:
-            raise InputError(f"checkpoint {workdir / mdio.CHECKPOINT} lacks the random-number state")
-        rng.bit_generator.state = ckpt.rng_state
+        try:
+            rng.bit_generator.state = ckpt.rng_state
+        except (TypeError, ValueError, KeyError):
+            raise InputError(
+                f"checkpoint {workdir / mdio.CHECKPOINT} has no valid random-number state; "
+                "restart from a checkpoint.npz written by `mlmd md`"
+            ) from None
     else:
         _initial_velocities(atoms, config, rng)
 
