@@ -9,6 +9,7 @@ Plain functions on NumPy arrays in mlmd units (Å, fs, eV, e, amu, K); results a
 ``viscosity``          Green–Kubo viscosity, time-decomposition method
 ``structure``          mdtraj topology/trajectory from arrays, RDFs, coordination, shells, ion pairing
 ``plots``              figures for the above (no pyplot, atomic save)
+``summaries``          JSON-ready dicts of any result (for the results database)
 =====================  =====================================================================================
 
 The main functions are re-exported here and imported lazily, so ``import workflows.analysis`` stays light
@@ -27,6 +28,7 @@ _EXPORTS = {
     "green_kubo_viscosity": "viscosity",
     "build_topology": "structure", "make_trajectory": "structure", "rdf": "structure",
     "solvation_shells": "structure", "solvation_analysis": "structure",
+    "summary": "summaries",
     "plot_msd": "plots", "plot_density": "plots", "plot_green_kubo": "plots", "plot_rdf": "plots",
 }
 

@@ -265,6 +265,17 @@ class DiffusionResult:
     replica_values: np.ndarray = field(repr=False)
     fit: MSDFit = field(repr=False)
 
+    _summary_properties = ("d_m2_per_s", "sem_m2_per_s", "window_fs", "msd_exponent")
+
+    @property
+    def window_fs(self) -> tuple[float, float]:
+        return self.fit.window_fs
+
+    @property
+    def msd_exponent(self) -> float:
+        """Log–log slope of the MSD over the fit window (1 when diffusive)."""
+        return self.fit.exponent
+
     @property
     def d_m2_per_s(self) -> float:
         return self.d * M2_PER_S_PER_A2_PER_FS
@@ -406,6 +417,9 @@ class ConductivityResult:
     t_collective: dict[str, tuple[float, float]]
     diffusion: dict[str, DiffusionResult] = field(repr=False)
     fit: MSDFit = field(repr=False)
+
+    _summary_properties = ("nernst_einstein_ms_per_cm", "nernst_einstein_sem_ms_per_cm", "collective_ms_per_cm",
+                           "collective_sem_ms_per_cm", "haven_ratio")
 
     @property
     def nernst_einstein_ms_per_cm(self) -> float:
