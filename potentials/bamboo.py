@@ -35,8 +35,8 @@ class BambooConfig(BaseModel):
     num_heads: int = 4
     coulomb: bool = True
     coulomb_r0: float = 2.2
-    pme_smearing: float = 1.0
-    pme_mesh_spacing: float = 0.5
+    pme_smearing: float = 1.2
+    pme_mesh_spacing: float = 1.0
     dispersion: bool = True
     dispersion_cutoff: float = 10.0
     max_charge: float = 2.0
