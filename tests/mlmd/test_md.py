@@ -649,3 +649,18 @@ def test_cli_run_and_restart(tmp_path, structure, capsys):
         r"error: guard 'temperature' tripped at step 40: T = [\d.]+ K exceeds the limit 5.0 K; "
         r"the starting state \(step 40\) already fails this guard; nothing saved\n", err,
     ), err
+
+
+def test_cli_progress_bar_and_help(tmp_path, structure, capsys):
+    rc = _cli([structure, "--calculator", "ase.calculators.emt:EMT", "--out", tmp_path / "run", "--steps", "20",
+               "--ensemble", "npt", "--pressure", "1000"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "md npt" in captured.err and "20/20" in captured.err  # rich progress on stderr
+    assert "md: steps 0 -> 20" in captured.out and "density =" in captured.out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pressure_bar"] == 1000.0
+    assert _cli(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--model", "--calculator", "--config", "--ensemble", "--temperature", "--timestep", "--steps",
+                 "--out", "--restart"):
+        assert flag in help_text
