@@ -84,6 +84,7 @@ def test_replicas_give_replica_error():
     reps = [brownian(np.full(50, 0.01), 300, s) for s in range(4)]
     res = self_diffusion(reps, DT, np.ones(50), ["A"] * 50)["A"]
     assert res.method == "replicas" and res.replica_values.shape == (4,)
+    assert self_diffusion(np.stack(reps), DT, np.ones(50), ["A"] * 50)["A"].d == res.d
     assert res.d == pytest.approx(0.01, rel=0.1)
 
 

@@ -180,6 +180,8 @@ def _fit_curve(msd: np.ndarray, dt_fs: float, i0: int, i1: int) -> tuple[float, 
 # --------------------------------------------------------------------------------------------- inputs
 
 def _replicas(positions) -> list[np.ndarray]:
+    if isinstance(positions, np.ndarray) and positions.ndim == 4:      # (replicas, frames, atoms, 3)
+        positions = list(positions)
     if isinstance(positions, (list, tuple)):
         if len(positions) == 0:
             raise InputError("positions must be an array (frames, atoms, 3) or a non-empty list of them; got []")
@@ -299,7 +301,7 @@ def self_diffusion(positions, dt_fs, masses, labels, mol_id=None, window_fs=None
 
     Parameters
     ----------
-    positions : (T, N, 3) unwrapped positions in Å, or a list of such arrays (independent replicas, same shape).
+    positions : (T, N, 3) unwrapped positions in Å, or replicas: a list of such arrays (same shape) or (R, T, N, 3).
     dt_fs : time between frames in fs.
     masses : (N,) amu. labels : (N,) species name per atom (equal within a molecule).
     mol_id : (N,) molecule index per atom, or None to treat atoms as units.
