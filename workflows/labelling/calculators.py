@@ -1,0 +1,71 @@
+"""Calculator factories: the built-in GFN2-xTB (tblite) reference and user ``module:factory`` strings.
+
+A factory is any callable returning an ASE calculator. It receives ``charge=`` (total charge in e) when its
+signature accepts it, and the retry settings (e.g. ``max_iterations``, ``mixer_damping``) when it accepts those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from mlmd.errors import ConfigError
+
+BUILTIN = ("tblite", "gfn2-xtb", "xtb")
+
+
+def gfn2_xtb(charge: int = 0, **kwargs: Any):
+    """GFN2-xTB through tblite for a non-periodic cluster of total ``charge`` (closed shell)."""
+    from tblite.ase import TBLite
+
+    params = {"method": "GFN2-xTB", "verbosity": 0, "accuracy": 1.0}
+    params.update(kwargs)
+    return TBLite(charge=charge, **params)
+
+
+def load_factory(spec: str | None) -> Callable[..., Any]:
+    """Resolve ``'tblite'`` (GFN2-xTB) or ``'package.module:factory'`` to a callable."""
+    if spec is None or spec.strip().lower() in BUILTIN:
+        return gfn2_xtb
+    text = spec.strip()
+    if ":" not in text:
+        raise ConfigError(f"calculator '{spec}' is not of the form module:factory; accepted: 'tblite' or e.g. 'ase.calculators.emt:EMT'")
+    module_name, _, attr = text.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or an error while importing the user module
+        raise ConfigError(f"cannot import module '{module_name}' for calculator '{spec}' ({type(exc).__name__}); accepted: an importable module:factory") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"module '{module_name}' has no attribute '{attr}' (calculator '{spec}'); accepted: module:factory naming a callable")
+    if not callable(obj):
+        raise ConfigError(f"calculator '{spec}' is not callable; accepted: module:factory naming a callable")
+    return obj
+
+
+def _accepts(factory: Callable, names: list[str]) -> bool:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return False
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    return all(n in params for n in names)
+
+
+def make_calculator(factory: Callable, charge: int, kwargs: dict | None = None, extra: dict | None = None):
+    """Call ``factory`` with ``kwargs``, plus ``charge=`` and ``extra`` settings where its signature accepts them."""
+    call = dict(kwargs or {})
+    if _accepts(factory, ["charge"]):
+        call["charge"] = int(charge)
+    if extra and _accepts(factory, list(extra)):
+        call.update(extra)
+    return factory(**call)
+
+
+def accepts_retry(factory: Callable, extra: dict) -> bool:
+    return bool(extra) and _accepts(factory, list(extra))
