@@ -17,7 +17,7 @@ from mlmd.errors import ConfigError
 
 Ensemble = Literal["nve", "nvt", "npt"]
 Thermostat = Literal["langevin", "bussi", "nose_hoover"]
-Barostat = Literal["mtk_iso", "mtk"]
+Barostat = Literal["mtk_iso", "mtk", "langevin"]
 
 
 class GuardConfig(BaseModel):
@@ -54,9 +54,9 @@ class MDConfig(BaseModel):
     pressure_bar: float = Field(1.0, description="barostat target (npt)")
     thermostat: Thermostat = "langevin"
     barostat: Barostat = "mtk_iso"
-    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs)")
+    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs); also the particle friction of the langevin barostat")
     thermostat_time_fs: float = Field(100.0, gt=0, description="Bussi / Nose-Hoover chain time constant (fs)")
-    barostat_time_fs: float = Field(1000.0, gt=0, description="MTK barostat time constant (fs)")
+    barostat_time_fs: float = Field(1000.0, gt=0, description="barostat time constant (fs)")
     seed: int = Field(0, ge=0)
     initial_velocities: Literal["auto", "maxwell", "keep"] = Field(
         "auto", description="auto: Maxwell-Boltzmann at temperature_K unless the structure carries momenta"

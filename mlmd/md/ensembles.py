@@ -9,9 +9,11 @@ nvt         bussi         ``Bussi`` stochastic velocity rescaling (CSVR), seeded
 nvt         nose_hoover   ``NoseHooverChainNVT``
 npt         mtk_iso       ``IsotropicMTKNPT``: Nosé-Hoover chains + MTK isotropic barostat (samples NPT)
 npt         mtk           ``MTKNPT``: as above with a fully flexible cell
+npt         langevin      ``LangevinBAOAB`` (hydrostatic): BAOAB Langevin particles + Langevin-Hoover volume
+                          (Quigley & Probert 2004), seeded numpy Generator; robust for rough ML potentials
 ==========  ============  ===============================================================================
 
-The MTK integrators sample the isothermal-isobaric ensemble exactly (Martyna, Tobias, Klein 1994), unlike
+The MTK and Langevin-Hoover integrators sample the isothermal-isobaric ensemble (Martyna, Tobias, Klein 1994), unlike
 Berendsen-type barostats. The state functions read and write the private attributes ASE keeps for these
 integrators (thermostat and barostat coordinates and momenta), so a restart continues the same trajectory.
 """
@@ -77,8 +79,25 @@ def build_dynamics(atoms: Atoms, config: MDConfig, rng: np.random.Generator) -> 
         raise ConfigError(
             f"ensemble 'npt' needs a calculator that computes stress; {type(atoms.calc).__name__} does not"
         )
-    if atoms.constraints:
-        raise InputError("ensemble 'npt' (MTK) does not support constraints; remove them from the structure")
+    if atoms.constraints and config.barostat != "langevin":
+        raise InputError("ensemble 'npt' (MTK) does not support constraints; remove them or use barostat 'langevin'")
+    if config.barostat == "langevin":
+        import warnings
+
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        with warnings.catch_warnings():  # it announces its heuristic barostat mass
+            warnings.simplefilter("ignore", UserWarning)
+            return LangevinBAOAB(
+                atoms,
+                timestep=dt,
+                temperature_K=temperature,
+                externalstress=-config.pressure_bar / BAR_PER_EV_PER_A3,  # stress = -pressure
+                hydrostatic=True,
+                T_tau=units.fs / config.friction_per_fs,
+                P_tau=config.barostat_time_fs * units.fs,
+                rng=rng,
+            )
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
 
     cls = IsotropicMTKNPT if config.barostat == "mtk_iso" else MTKNPT
@@ -116,8 +135,15 @@ def get_state(dyn: MolecularDynamics) -> dict[str, np.ndarray]:
     from ase.md.bussi import Bussi
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
 
+    from ase.md.langevinbaoab import LangevinBAOAB
+
     if isinstance(dyn, Bussi):
         return {"transferred_energy": np.array(dyn.transferred_energy, dtype=np.float64)}
+    if isinstance(dyn, LangevinBAOAB):
+        if dyn.externalstress is None:
+            return {}
+        # force_eps is computed mid-step (before the last velocity half-kick), so it is state, not derivable.
+        return {"p_eps": np.array(dyn.p_eps, dtype=np.float64), "force_eps": np.array(dyn.force_eps, dtype=np.float64)}
     if isinstance(dyn, NoseHooverChainNVT):
         return _chain_state(dyn._thermostat, _NHC, "thermostat")
     if isinstance(dyn, IsotropicMTKNPT):
@@ -138,9 +164,15 @@ def set_state(dyn: MolecularDynamics, state: dict[str, np.ndarray]) -> None:
     from ase.md.bussi import Bussi
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
 
+    from ase.md.langevinbaoab import LangevinBAOAB
+
     try:
         if isinstance(dyn, Bussi):
             dyn.transferred_energy = float(state["transferred_energy"])
+        elif isinstance(dyn, LangevinBAOAB):
+            if dyn.externalstress is not None:
+                dyn.p_eps = float(state["p_eps"])
+                dyn.force_eps = float(state["force_eps"])
         elif isinstance(dyn, (NoseHooverChainNVT, IsotropicMTKNPT, MTKNPT)):
             _set_chain(dyn._thermostat, _NHC, "thermostat", state)
             if isinstance(dyn, IsotropicMTKNPT):
