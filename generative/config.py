@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_steps: int = Field(20000, gt=0)
-    max_minutes: float = Field(10.0, gt=0, description="wall-clock budget; training stops after it")
+    max_minutes: float = Field(10.0, gt=0, description="CPU-time budget (process time, all threads) in minutes; training stops after it")
     eval_every: int = Field(500, gt=0)
     seed: int = 0
     threads: int = Field(1, gt=0)

@@ -72,8 +72,6 @@ def structure_validity(structure, cutoff: float = 0.5) -> bool:
         vol = abs(float(structure.lattice.volume))
         if not math.isfinite(vol) or vol < 0.1:
             return False
-        if len(structure) == 1:
-            return True
         dm = np.array(structure.distance_matrix)
     except Exception:  # noqa: BLE001
         return False

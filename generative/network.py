@@ -64,15 +64,20 @@ class TimeEmbedding(nn.Module):
 
 
 class CSPLayer(nn.Module):
-    def __init__(self, hidden: int, n_edge_extra: int):
+    """h_i += φ_h(h_i, mean_j φ_m(h_i, h_j, e_ij)); the first linear map of φ_m is split into node and edge parts."""
+
+    def __init__(self, hidden: int, n_edge: int):
         super().__init__()
-        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + 9 + n_edge_extra, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.w_src = nn.Linear(hidden, hidden)
+        self.w_dst = nn.Linear(hidden, hidden, bias=False)
+        self.w_edge = nn.Linear(n_edge, hidden, bias=False)
+        self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h, gram_e, ff, src, dst):
+    def forward(self, h, e, src, dst):
         hn = self.norm(h)
-        m = self.edge_mlp(torch.cat([hn[src], hn[dst], gram_e, ff], dim=-1))
+        m = self.edge_out(self.w_src(hn)[src] + self.w_dst(hn)[dst] + self.w_edge(e))
         agg = scatter_mean(m, src, h.shape[0])
         return h + self.node_mlp(torch.cat([hn, agg], dim=-1))
 
@@ -91,7 +96,7 @@ class CSPNet(nn.Module):
         self.cond_in = nn.Linear(node_cond_dim + time_dim, hidden)
         self.time_emb = TimeEmbedding(time_dim)
         self.ff = FourierFeatures(n_freq)
-        self.layers = nn.ModuleList([CSPLayer(hidden, 6 * n_freq) for _ in range(layers)])
+        self.layers = nn.ModuleList([CSPLayer(hidden, 9 + 6 * n_freq) for _ in range(layers)])
         self.out_norm = nn.LayerNorm(hidden)
         self.coord_out = nn.Linear(hidden, 3, bias=False)
         self.lattice_out = nn.Linear(hidden, 9, bias=False)
@@ -105,10 +110,9 @@ class CSPNet(nn.Module):
         gram = (lattice @ lattice.transpose(1, 2)).flatten(1)  # [B, 9], invariant to L -> L R^T
         temb = self.time_emb(t)[batch]
         h = self.type_in(type_feat) + self.cond_in(torch.cat([node_cond, temb], dim=-1))
-        ff = self.ff(frac[dst] - frac[src])
-        gram_e = gram[batch[src]]
+        e = torch.cat([gram[batch[src]], self.ff(frac[dst] - frac[src])], dim=-1)
         for layer in self.layers:
-            h = layer(h, gram_e, ff, src, dst)
+            h = layer(h, e, src, dst)
         h = self.out_norm(h)
         pooled = scatter_mean(h, batch, n_crystals)
         w = self.lattice_out(pooled).view(-1, 3, 3)

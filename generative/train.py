@@ -94,7 +94,7 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     budget = cfg.train.max_minutes * 60
     ema_decay = 0.999
     model.train()
-    t0 = time.perf_counter() - elapsed
+    t0 = time.process_time() - elapsed
     order = rng.permutation(len(train))
     pos = 0
 
@@ -102,12 +102,12 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
         with atomic_path(last) as tmp:
             torch.save(
                 {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "elapsed": time.perf_counter() - t0, "gen": gen.get_state(), "history": json.dumps(history)},
+                 "elapsed": time.process_time() - t0, "gen": gen.get_state(), "history": json.dumps(history)},
                 tmp,
             )
 
-    while step < cfg.train.max_steps and (time.perf_counter() - t0) < budget:
-        progress = max(step / cfg.train.max_steps, (time.perf_counter() - t0) / budget)
+    while step < cfg.train.max_steps and (time.process_time() - t0) < budget:
+        progress = max(step / cfg.train.max_steps, (time.process_time() - t0) / budget)
         for group in opt.param_groups:
             group["lr"] = cfg.train.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         if pos + cfg.train.batch_size > len(order):
@@ -127,18 +127,18 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
                 pe.mul_(d).add_(pm.detach(), alpha=1 - d)
         if step % cfg.train.eval_every == 0 or step == 1:
             vl = evaluate_loss(ema, val[:512])
-            rec = {"step": step, "minutes": round((time.perf_counter() - t0) / 60, 2), "train_loss": float(loss), **parts, "val_loss_ema": vl}
+            rec = {"step": step, "cpu_minutes": round((time.process_time() - t0) / 60, 2), "train_loss": float(loss.detach()), **parts, "val_loss_ema": vl}
             history.append(rec)
             log(json.dumps(rec))
             save_state()
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     save_state()
     final_val = evaluate_loss(ema, val[:512])
-    meta["train"] = {"steps": step, "minutes": round(elapsed / 60, 2), "threads": cfg.train.threads, "batch_size": cfg.train.batch_size,
+    meta["train"] = {"steps": step, "cpu_minutes": round(elapsed / 60, 2), "threads": cfg.train.threads, "batch_size": cfg.train.batch_size,
                      "lr": cfg.train.lr, "final_val_loss": final_val}
     meta["metrics"] = {}
     ema.metadata = meta
     save_generator(ema, out / "model.pt", meta)
-    summary = {"out": str(out / "model.pt"), "steps": step, "minutes": round(elapsed / 60, 2), "final_val_loss": final_val}
+    summary = {"out": str(out / "model.pt"), "steps": step, "cpu_minutes": round(elapsed / 60, 2), "final_val_loss": final_val}
     log(json.dumps(summary))
     return summary

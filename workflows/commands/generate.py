@@ -40,7 +40,7 @@ def write_crystals(structures, out: Path, info: dict) -> dict:
         tmp.unlink()
         with connect(str(tmp), type="db") as db:
             for i, (s, name) in enumerate(zip(structures, names)):
-                db.write(AseAtomsAdaptor.get_atoms(s), index=i, cif=name, formula=s.composition.reduced_formula, **info)
+                db.write(AseAtomsAdaptor.get_atoms(s), index=i, cif=name, reduced_formula=s.composition.reduced_formula, **info)
     return {"n": len(structures), "out": str(out), "db": str(out / "crystals.db")}
 
 

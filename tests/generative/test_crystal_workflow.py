@@ -1,0 +1,68 @@
+"""workflows/crystals.py: relax + NVT survival + ranking, with ASE's EMT for speed."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from mlmd.errors import InputError
+from workflows.crystals import MDSettings, RelaxSettings, make_calculator, rank, relax, screen_crystals
+
+
+def _perturbed_cu(seed=0):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    rng = np.random.default_rng(seed)
+    atoms.set_cell(atoms.cell * 1.06, scale_atoms=True)
+    atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+    return atoms
+
+
+def test_relaxation_recovers_perturbed_crystal():
+    ref = bulk("Cu", "fcc", a=3.61, cubic=True)
+    ref.calc = EMT()
+    ref_relaxed, _, _ = relax(ref, EMT(), RelaxSettings(fmax=2e-3))
+    relaxed, converged, _ = relax(_perturbed_cu(), EMT(), RelaxSettings(fmax=2e-3, max_steps=500))
+    assert converged
+    # same lattice constant (cubic cell, EMT's own minimum) and fcc positions up to a rigid shift
+    np.testing.assert_allclose(relaxed.cell.cellpar()[:3], ref_relaxed.cell.cellpar()[:3], atol=3e-3)
+    np.testing.assert_allclose(relaxed.cell.cellpar()[3:], 90.0, atol=0.05)
+    frac = relaxed.get_scaled_positions()
+    frac = (frac - frac[0] + 0.5) % 1.0 - 0.5
+    ideal = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    d = (frac[:, None, :] - ideal[None] + 0.5) % 1.0 - 0.5
+    assert np.abs(d).max(axis=2).min(axis=1).max() < 3e-3
+    assert relaxed.get_potential_energy() == pytest.approx(ref_relaxed.get_potential_energy(), abs=1e-4)
+
+
+def test_screen_ranks_survivors_and_resumes(tmp_path):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    crystals = [_perturbed_cu(0), None, AseAtomsAdaptor.get_structure(bulk("Cu", "bcc", a=2.9, cubic=True))]
+    db = tmp_path / "screen.db"
+    md = MDSettings(steps=10, temperature_K=300)
+    rows = screen_crystals(crystals, db, EMT(), RelaxSettings(fmax=0.05), md)
+    assert len(rows) == 3
+    surv = [r for r in rows if r.get("survived")]
+    assert len(surv) == 2 and surv[0]["rank"] == 1
+    assert surv[0]["energy_per_atom"] <= surv[1]["energy_per_atom"]
+    assert [r for r in rows if r["candidate"] == 1][0]["status"] == "unreadable"
+    # rerun: nothing recomputed, same ranking
+    rows2 = screen_crystals(crystals, db, EMT(), RelaxSettings(fmax=0.05), md)
+    assert [r["candidate"] for r in rows2] == [r["candidate"] for r in rows]
+    from ase.db import connect
+
+    assert connect(str(db)).count() == 3
+
+
+def test_exploding_crystal_does_not_survive():
+    from workflows.crystals import nvt_survival
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    out = nvt_survival(atoms, EMT(), MDSettings(steps=20, temperature_K=20000, max_rms_displacement=0.05))
+    assert not out["survived"]
+
+
+def test_unknown_calculator():
+    with pytest.raises(InputError, match="gfn1-xtb"):
+        make_calculator("dftb")
+    assert rank([{"candidate": 0, "survived": False}])[0]["candidate"] == 0

@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from generative.checkpoint import load_generator, save_generator
+from generative.config import GeneratorConfig, ModelConfig, TrainConfig, load_config
+from generative.data import collate, read_crystal_csv, split_indices
+from generative.models import build_model
+from generative.sample import sample_crystals
+from generative.train import dataset_statistics, train_generator
+from mlmd.errors import CheckpointError, ConfigError, InputError, UnknownElementError
+
+SMALL = dict(hidden=32, layers=2, n_freq=4, time_dim=8)
+
+
+def _model(records, method="crysbfn", task="csp", **kw):
+    sp, sc, pr = dataset_statistics(records, records)
+    torch.manual_seed(0)
+    return build_model(ModelConfig(method=method, task=task, **SMALL, **kw), sp, sc, pr)
+
+
+def test_malformed_cif_skipped_and_counted(tiny_csv):
+    ds = read_crystal_csv(tiny_csv)
+    assert len(ds) == 12 and ds.n_skipped == 1 and ds.skipped == ["broken-1"]
+    assert all(r.n_atoms == 5 for r in ds.records)
+    assert len(ds.data_hash) == 64
+
+
+def test_split_is_deterministic_and_disjoint():
+    a, b = split_indices(100, 7), split_indices(100, 7)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    allidx = np.concatenate(list(a.values()))
+    assert sorted(allidx.tolist()) == list(range(100))
+    assert [len(a[k]) for k in ("train", "val", "test")] == [80, 10, 10]
+    assert not np.array_equal(split_indices(100, 8)["test"], a["test"])
+
+
+@pytest.mark.parametrize("method,task", [("crysbfn", "csp"), ("crysbfn", "gen"), ("diffcsp", "csp"), ("diffcsp", "gen")])
+def test_tiny_training_lowers_loss(tiny_records, method, task):
+    model = _model(tiny_records, method, task, timesteps=50)
+    batch = collate(tiny_records, model.vocab_index)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def eval_loss():
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            return float(np.mean([float(model.loss(batch, g)[0]) for _ in range(8)]))
+
+    before = eval_loss()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        loss, _ = model.loss(batch, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert eval_loss() < 0.8 * before
+
+
+def test_train_generator_resumable_and_checkpoint_metadata(tmp_path, tiny_csv):
+    cfg = GeneratorConfig(model=ModelConfig(**SMALL), train=TrainConfig(batch_size=4, max_steps=6, eval_every=3, max_minutes=5),
+                          out=str(tmp_path / "run"))
+    cfg.data.path = str(tiny_csv)
+    cfg.data.split_fractions = (0.5, 0.25, 0.25)
+    s1 = train_generator(cfg, log=lambda *_: None)
+    assert s1["steps"] == 6
+    cfg.train.max_steps = 9
+    s2 = train_generator(cfg, log=lambda *_: None)  # resumes at step 6
+    assert s2["steps"] == 9
+    model = load_generator(tmp_path / "run" / "model.pt")
+    meta = model.metadata
+    assert meta["task"] == "csp" and meta["split_seed"] == 42 and meta["max_atoms"] == 5
+    assert meta["split_sizes"] == {"train": 6, "val": 3, "test": 3} and len(meta["data_hash"]) == 64
+    side = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert side["metadata"]["species"] == meta["species"]
+
+
+def test_sample_crystals_api_and_roundtrip(tmp_path, tiny_records):
+    model = _model(tiny_records)
+    path = save_generator(model, tmp_path / "m.pt")
+    loaded = load_generator(path)
+    comps = ["".join(s.symbol for s in r.to_structure().species) for r in tiny_records[:3]]
+    a = sample_crystals(loaded, compositions=comps, steps=4, seed=3)
+    b = sample_crystals(model, compositions=comps, steps=4, seed=3)
+    assert len(a) == 3
+    for x, y, r in zip(a, b, tiny_records[:3]):
+        assert x.composition == r.to_structure().composition  # same order as the input
+        np.testing.assert_allclose(x.frac_coords, y.frac_coords, atol=1e-5)
+
+
+def test_generation_model_samples_n(tiny_records):
+    model = _model(tiny_records, task="gen")
+    out = sample_crystals(model, n=7, steps=3)
+    assert len(out) == 7 and all(len(s) == 5 for s in out)
+
+
+def test_bad_inputs(tmp_path, tiny_records):
+    csp = _model(tiny_records)
+    with pytest.raises(UnknownElementError, match="Uuo|Og|vocabulary"):
+        sample_crystals(csp, compositions=["Og2"], steps=2)
+    with pytest.raises(InputError, match="at most 5"):
+        sample_crystals(csp, compositions=[tiny_records[0].to_structure().composition * 2], steps=2)
+    for bad in (0, -3):
+        with pytest.raises(InputError, match="steps"):
+            sample_crystals(csp, compositions=["".join(s.symbol for s in tiny_records[0].to_structure().species)], steps=bad)
+    with pytest.raises(InputError, match="formula"):
+        sample_crystals(csp, compositions=["not a formula!"], steps=2)
+    with pytest.raises(InputError, match="compositions"):
+        sample_crystals(csp, n=3)
+    gen = _model(tiny_records, task="gen")
+    path = save_generator(gen, tmp_path / "gen.pt")
+    with pytest.raises(CheckpointError, match="'gen' model"):
+        load_generator(path, task="csp")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_generator(tmp_path / "junk.pt")
+    with pytest.raises(InputError, match="not found"):
+        load_generator("no-such-model")
+    diff = _model(tiny_records, method="diffcsp", timesteps=20)
+    with pytest.raises(InputError, match="timesteps"):
+        sample_crystals(diff, compositions=["".join(s.symbol for s in tiny_records[0].to_structure().species)], steps=10)
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  method: vae\n")
+    with pytest.raises(ConfigError, match="method"):
+        load_config(p)
+    p.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
