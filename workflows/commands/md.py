@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         timestep: Optional[float] = typer.Option(None, "--timestep", help="Time step (fs)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Total number of steps of the run (a restart continues up to it)."),
         thermostat: Optional[str] = typer.Option(None, "--thermostat", help="nvt: langevin | bussi | nose_hoover."),
-        barostat: Optional[str] = typer.Option(None, "--barostat", help="npt: mtk_iso | mtk."),
+        barostat: Optional[str] = typer.Option(None, "--barostat", help="npt: mtk_iso (default) | mtk | langevin."),
         friction: Optional[float] = typer.Option(None, "--friction", help="Langevin friction (1/fs)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of velocities and thermostat noise."),
         log_interval: Optional[int] = typer.Option(None, "--log-interval", help="Steps between thermo.csv rows."),
