@@ -6,7 +6,7 @@ E = E_NN + E_Coulomb + E_chi + E_disp. Per atom: F scalar channels s (N, F) and 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,14 +59,29 @@ class ExpNormalRBF(nn.Module):
         return torch.exp(-self.beta * (torch.exp(-self.alpha * r)[:, None] - self.mu) ** 2)
 
 
+class Neighbors(NamedTuple):
+    """Neighbour data in one of two layouts with the same maths.
+
+    dense (padded per atom, N x M slots; padded slots have fcut = 0 and unit = 0): neighbors (N * M,), unit (N, M, 3),
+    fcut (N, M), rbf (N, M, K); the vector message is one batched matmul. Best when degrees are even (bulk liquids).
+    sparse (edge list): centers (E,), neighbors (E,), unit (E, 3), fcut (E,), rbf (E, K); scatter-add messages.
+    Best for clusters, whose surface atoms would leave most padded slots empty.
+    """
+
+    dense: bool
+    centers: torch.Tensor | None
+    neighbors: torch.Tensor
+    unit: torch.Tensor
+    fcut: torch.Tensor
+    rbf: torch.Tensor
+
+
 class TransformerLayer(nn.Module):
     """Cutoff-weighted attention a_ij = SiLU(q_i.k_j) fcut(r_ij) per head (no softmax); scalar messages
     sum_j a_ij v_j W_s(r_ij), vector messages sum_j a_ij v_j W_v(r_ij) (x) r_hat_ij; a gated update mixes scalars
     with vector norms and dot products.
 
-    Neighbours are in a dense padded layout (N atoms x M slots; padded slots have fcut = 0 and unit = 0), so the
-    vector message is one batched matmul instead of an (E, 3, F) scatter.
-    s: (N, F), V: (N, 3, F), rbf: (N, M, K), unit: (N, M, 3), fcut: (N, M), neighbors: (N * M,) -> s, V.
+    s: (N, F), V: (N, 3, F), neighbours: :class:`Neighbors` -> s, V.
     """
 
     def __init__(self, num_features: int, num_rbf: int, num_heads: int):
@@ -81,17 +96,23 @@ class TransformerLayer(nn.Module):
         self.vector_mix = nn.Linear(f, 2 * f, bias=False)
         self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
 
-    def forward(self, s, V, rbf, unit, fcut, neighbors):
+    def forward(self, s: torch.Tensor, V: torch.Tensor, nb: Neighbors):
         n, f = s.shape
-        m = fcut.shape[1]
         heads, width = self.num_heads, f // self.num_heads
         q, k, v = self.qkv(self.norm(s)).chunk(3, dim=-1)
-        k_j = k.index_select(0, neighbors).view(n, m, heads, width)
-        score = (q.view(n, 1, heads, width) * k_j).sum(-1) / math.sqrt(width)  # (N, M, H)
-        attention = nn.functional.silu(score) * fcut[:, :, None]
-        value = (v.index_select(0, neighbors).view(n, m, heads, width) * attention[..., None]).view(n, m, f)
-        s = s + (value * self.radial_s(rbf)).sum(dim=1)
-        V = V + torch.bmm(unit.transpose(1, 2), value * self.radial_v(rbf))  # (N, 3, M) @ (N, M, F)
+        slots = nb.fcut.shape  # (N, M) dense or (E,) sparse
+        k_j = k.index_select(0, nb.neighbors).view(*slots, heads, width)
+        q_i = q.view(n, 1, heads, width) if nb.dense else q.index_select(0, nb.centers).view(-1, heads, width)
+        attention = nn.functional.silu((q_i * k_j).sum(-1) / math.sqrt(width)) * nb.fcut[..., None]
+        value = (v.index_select(0, nb.neighbors).view(*slots, heads, width) * attention[..., None]).view(*slots, f)
+        scalar = value * self.radial_s(nb.rbf)
+        vector = value * self.radial_v(nb.rbf)
+        if nb.dense:
+            s = s + scalar.sum(dim=1)
+            V = V + torch.bmm(nb.unit.transpose(1, 2), vector)  # (N, 3, M) @ (N, M, F)
+        else:
+            s = s.index_add(0, nb.centers, scalar)
+            V = V.index_add(0, nb.centers, nb.unit[:, :, None] * vector[:, None, :])
         U, W = self.vector_mix(V).chunk(2, dim=-1)
         norms = torch.sqrt((U * U).sum(dim=1) + 1e-8)
         dots = (U * W).sum(dim=1)
@@ -132,6 +153,7 @@ class BambooPotential(Potential):
         self.config = cfg.model_dump()
         f = cfg.num_features
         self.num_layers = cfg.num_layers
+        self.layout = "auto"  # "dense" | "sparse" | "auto" (dense when padding wastes < 50 %); same results
         index = torch.full((119,), -1, dtype=torch.long)
         index[torch.tensor(cfg.species)] = torch.arange(len(cfg.species))
         self.register_buffer("species_index", index, persistent=False)
@@ -172,13 +194,24 @@ class BambooPotential(Potential):
         vectors = graph.edge_vectors(positions, cell)
         cutoff = self.cutoff
         inside = vectors.norm(dim=1) < cutoff  # the list may carry a skin; edges beyond the cutoff drop out here
-        neighbors, r, unit = dense_neighbors(graph.edge_index[:, inside], vectors[inside], graph.num_atoms, cutoff)
+        edge_index, vectors = graph.edge_index[:, inside], vectors[inside]
+        n = graph.num_atoms
+        degree_max = int(torch.bincount(edge_index[0], minlength=n).max()) if edge_index.shape[1] else 1
+        dense = self.layout == "dense" or (self.layout == "auto" and n * degree_max <= 1.5 * edge_index.shape[1])
+        if dense:
+            neighbors, r, unit = dense_neighbors(edge_index, vectors, n, cutoff)
+            centers = None
+        else:
+            centers, neighbors = edge_index
+            r = vectors.norm(dim=1)
+            unit = vectors / r[:, None]
         fcut = cosine_cutoff(r, cutoff)
         rbf = self.rbf(r.flatten()).view(*r.shape, -1) * fcut[..., None]
+        nb = Neighbors(dense, centers, neighbors, unit, fcut, rbf)
         s = self.embedding(species)
         V = s.new_zeros(s.shape[0], 3, s.shape[1])
         for layer in self.layers:
-            s, V = layer(s, V, rbf, unit, fcut, neighbors)
+            s, V = layer(s, V, nb)
         return s, species
 
     def compute_energy(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:

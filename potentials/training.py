@@ -46,6 +46,9 @@ class TrainConfig(BaseModel):
     model: BambooConfig = Field(default_factory=BambooConfig)
     init_from: str | None = None  # fine-tune from an existing checkpoint
     split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    # Frames whose info[split_key] is train/valid/test keep that assignment (e.g. set per cluster by `mlmd label`,
+    # so correlated frames of one cluster never straddle train and test); otherwise a seeded random split.
+    split_key: str | None = "split"
     seed: int = 0
     batch_size: int = 8
     epochs: int = 100
@@ -220,6 +223,14 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
     return result
 
 
+def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
+    names = ("train", "valid", "test")
+    if cfg.split_key and all(a.info.get(cfg.split_key) in names for a in frames):
+        labels = np.array([a.info[cfg.split_key] for a in frames])
+        return [np.flatnonzero(labels == name) for name in names]
+    return split_indices(len(frames), cfg.split, cfg.seed)
+
+
 # -- training loop --------------------------------------------------------------------------------------------
 def _lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
@@ -248,7 +259,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     frames = read_frames(cfg.data)
     species = cfg.model.species
     samples = [make_sample(a, cfg.model.cutoff, species) for a in frames]
-    parts = split_indices(len(samples), cfg.split, cfg.seed)
+    parts = _split(frames, cfg)
     train_set = [samples[k] for k in parts[0]]
     valid_set = [samples[k] for k in parts[1]] or train_set[: max(1, len(train_set) // 10)]
     test_set = [samples[k] for k in parts[2]]
@@ -282,6 +293,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_rng_state(payload["rng_state"])
 
     metadata = {"data_hash": data_hash, "data": list(cfg.data), "split_seed": cfg.seed, "split": list(cfg.split),
+                "split_key": cfg.split_key,
                 "n_train": len(train_set), "n_valid": len(valid_set), "n_test": len(test_set),
                 "train_config": json.loads(cfg.model_dump_json())}
 

@@ -57,3 +57,18 @@ def test_pme_reproduces_madelung_energy_of_rocksalt():
     energy = coulomb(graph, charges, graph.positions, graph.cell).sum().item()
     madelung = -1.747565 * 14.399645 / (5.64 / 2) * 4  # 4 ion pairs per cubic cell
     assert energy == pytest.approx(madelung, rel=2e-3)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_dense_and_sparse_neighbour_layouts_agree(periodic):
+    from tests.conftest import periodic_box
+
+    model = BambooPotential(SMALL).double().eval()
+    atoms = periodic_box() if periodic else water_cluster(4)
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    results = {}
+    for layout in ("dense", "sparse"):
+        model.layout = layout
+        results[layout] = model(graph, compute_forces=True)
+    assert torch.allclose(results["dense"][keys.ENERGY], results["sparse"][keys.ENERGY], atol=1e-10)
+    assert torch.allclose(results["dense"][keys.FORCES], results["sparse"][keys.FORCES], atol=1e-10)
