@@ -653,6 +653,12 @@ def test_cli_run_and_restart(tmp_path, structure, capsys):
     assert "md: steps 20 -> 40" in capsys.readouterr().out
     th = read_thermo(out / "thermo.csv")
     assert list(th["step"]) == list(range(0, 41, 5))
+    # STRUCTURE may be omitted on restart (taken from the run's trajectory).
+    rc = _cli([*common[1:], "--restart", "--steps", "40"])
+    assert rc == 0, capsys.readouterr().err
+    assert "md: steps 40 -> 40" in capsys.readouterr().out
+    assert _cli(["--calculator", "ase.calculators.emt:EMT", "--out", out]) == 2
+    assert "only be omitted with --restart" in capsys.readouterr().err
     assert len(ase.io.read(out / "trajectory.extxyz", ":")) == 5
     assert json.loads((out / "config.json").read_text())["temperature_K"] == 250.0
     # The run's guard trip through the CLI: exit code 2 and one line.

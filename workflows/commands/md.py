@@ -54,7 +54,9 @@ def _read_structure(path: Path):
 def register(app: typer.Typer) -> None:
     @app.command()
     def md(
-        structure: Path = typer.Argument(..., help="Starting structure (any format ASE reads; the last frame is used)."),
+        structure: Optional[Path] = typer.Argument(
+            None, help="Starting structure (any format ASE reads; the last frame is used). With --restart it may be "
+            "omitted: the species, masses and molecule ids come from the run's own trajectory."),
         model: Optional[str] = typer.Option(None, "--model", help="ML potential: bundled name or checkpoint path."),
         calculator: Optional[str] = typer.Option(None, "--calculator", help="Any ASE calculator as module:factory (instead of --model)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML file with MDConfig fields (flags override it)."),
@@ -96,7 +98,17 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config, **overrides)
         if (model is None) == (calculator is None):
             raise ConfigError("give exactly one of --model NAME_OR_PATH or --calculator module:factory")
-        atoms = _read_structure(structure)
+        if structure is None:
+            first_frame = out / "trajectory.extxyz"
+            if not restart:
+                raise ConfigError("give a STRUCTURE file (it may only be omitted with --restart)")
+            if not first_frame.is_file():
+                raise ConfigError(f"--restart without STRUCTURE needs {str(first_frame)!r}; give the structure file")
+            import ase.io
+
+            atoms = ase.io.read(str(first_frame), index=0, format="extxyz")
+        else:
+            atoms = _read_structure(structure)
         if calculator is not None:
             calc = load_calculator_factory(calculator)
         else:
