@@ -232,10 +232,13 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 
 
 # -- training loop --------------------------------------------------------------------------------------------
-def _lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, total_steps: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr`` by the last step or by ``max_time_min``, whichever comes first."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if cfg.max_time_min:
+        progress = max(progress, min(1.0, elapsed_s / (60 * cfg.max_time_min)))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -325,7 +328,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 continue
             graph, targets = collate_samples([train_set[k] for k in chunk], dtype=dtype)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(state["step"], total_steps, cfg)
+                group["lr"] = _lr_at(state["step"], total_steps, cfg, state["elapsed"])
             loss, parts = compute_losses(model, graph, targets, cfg.weights)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
@@ -361,12 +364,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if bar is not None:
                 bar.update(task, info=f"valid E {valid['energy_mae_meV_per_atom']:.2f} meV/atom, "
                                       f"F {valid['force_mae_meV_per_A']:.1f} meV/Å")
-        stop = torch.tensor([int(state["bad_epochs"] >= cfg.patience or (
-            cfg.max_time_min is not None and state["elapsed"] > 60 * cfg.max_time_min))])
+        # rank 0 decides; every rank then uses the same elapsed time for the learning-rate schedule
+        decision = torch.tensor([float(state["bad_epochs"] >= cfg.patience or (
+            cfg.max_time_min is not None and state["elapsed"] > 60 * cfg.max_time_min)), state["elapsed"]],
+            dtype=torch.float64)
         dist = _dist()
         if dist is not None:
-            dist.broadcast(stop, 0)
-        if bool(stop):
+            dist.broadcast(decision, 0)
+        state["elapsed"] = float(decision[1])
+        if bool(decision[0]):
             break
     if bar is not None:
         bar.stop()
