@@ -246,3 +246,15 @@ def test_cli_unknown_config_key_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         load_config(None, kinds={"plasma": 1.0})
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_worker(tmp_path, dummy_calcs):
+    cfg = tiny_config(tmp_path, calculator=f"{dummy_calcs}:soft_spheres", n_clusters=4, shard_size=2)
+    run_label(cfg, progress=False)
+    par = cfg.model_copy(update={"out": tmp_path / "par", "workers": 2})
+    summary = run_label(par, progress=False)
+    assert summary.frames == 8
+    for k in (0, 1):
+        name = f"shard_{k:03d}.extxyz.gz"
+        assert (tmp_path / "par" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
