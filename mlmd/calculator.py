@@ -83,25 +83,31 @@ class MLMDCalculator(Calculator):
             cutoff=self.model.cutoff,
         )
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+    def evaluate(self, atoms, stress: bool = False) -> dict:
+        """Run the model on ``atoms``: the results dict of :meth:`calculate` (float64 numpy, eV and Å units)
+        without ASE's caching. Other drivers (the OpenMM plugin) call this directly, so they share the skin
+        neighbour list and the result conversion. ``stress`` is computed only for fully periodic structures."""
         graph = self.graph(atoms)
-        want_stress = "stress" in properties and bool(atoms.pbc.all())
+        want_stress = stress and bool(np.all(atoms.pbc))
         out = self.model(graph, compute_forces=True, compute_stress=want_stress)
         energy = float(out[keys.ENERGY].detach().sum())
-        self.results = {
+        results = {
             "energy": energy,
             "free_energy": energy,
             "forces": out[keys.FORCES].detach().cpu().double().numpy(),
         }
         if keys.ENERGIES in out:
-            self.results["energies"] = out[keys.ENERGIES].detach().cpu().double().numpy()
+            results["energies"] = out[keys.ENERGIES].detach().cpu().double().numpy()
         if keys.CHARGES in out:
-            self.results["charges"] = out[keys.CHARGES].detach().cpu().double().numpy()
+            results["charges"] = out[keys.CHARGES].detach().cpu().double().numpy()
         if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].detach().cpu().double().numpy())
+            results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].detach().cpu().double().numpy())
         for key in (keys.ENERGY_STD, keys.FORCES_STD, keys.STRESS_STD):
             if key in out:
                 value = out[key].detach().cpu().double().numpy()
-                self.results[key] = value[0] if key != keys.FORCES_STD else value
+                results[key] = value[0] if key != keys.FORCES_STD else value
+        return results
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = self.evaluate(self.atoms, stress="stress" in properties)
