@@ -226,6 +226,8 @@ def test_cli_calculator_emt_from_yaml(tmp_path, capsys):
         (["--min-atoms", "50", "--max-atoms", "10"], "error: invalid label config: min_atoms (50) must not exceed max_atoms (10)"),
         (["--workers", "0"], "error: invalid label config: workers: Input should be greater than or equal to 1"),
         (["--calculator", "no_such_module_xyz:Calc"], "error: cannot import module 'no_such_module_xyz'"),
+        (["--solvent", "[O-]C=O"], "error: solvent 'O=C[O-]' has charge -1; solvents must be neutral molecules"),
+        (["--solvent", "DEC", "--max-atoms", "12", "--min-atoms", "5"], "error: solvent 'DEC' has 18 atoms, more than max_atoms (12)"),
     ],
 )
 def test_cli_bad_input_exit_2(tmp_path, capsys, args, message):

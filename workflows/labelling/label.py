@@ -36,7 +36,7 @@ from .calculators import load_factory, make_calculator
 from .clusters import KINDS, build_cluster, sample_spec
 from .config import LabelConfig
 from .sampling import MDSettings, Reference, SamplePlan, sample_cluster
-from .species import resolve_salt, resolve_species
+from .species import molecule_atoms, resolve_salt, resolve_species
 
 SAMPLING_KEY = "sampling"  # info: initial | md | compressed | expanded | rattled
 
@@ -66,6 +66,10 @@ def resolve(cfg: LabelConfig) -> _Resolved:
     for s in solvents:
         if s.charge != 0:
             raise ConfigError(f"solvent '{s.name}' has charge {s.charge:+d}; solvents must be neutral molecules")
+        n = len(molecule_atoms(s))
+        if n > cfg.max_atoms:
+            raise ConfigError(f"solvent '{s.name}' has {n} atoms, more than max_atoms ({cfg.max_atoms}); "
+                              "raise --max-atoms or drop the solvent")
     salts = [resolve_salt(s) for s in cfg.salts]
     return _Resolved(solvents, salts, load_factory(cfg.calculator),
                      load_factory(cfg.sampler) if cfg.sampler else None)
