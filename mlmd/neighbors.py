@@ -18,6 +18,7 @@ def neighbor_list(
         pbc: (3,) bool.
         cutoff: Å.
         full: both directions (message passing) or one (pair energies).
+        Pairs come sorted, so sums over them (and MD restarts) do not depend on when a list was built.
 
     Returns:
         i: (E,) int64 centre atoms; j: (E,) int64 neighbours; shifts: (E, 3) int64 lattice shifts with
@@ -31,6 +32,6 @@ def neighbor_list(
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros((0, 3), dtype=np.int64)
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full)
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full, sorted=True)
     i, j, shifts = calculator.compute(points=positions, box=box, periodic=pbc.tolist(), quantities="ijS")
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.int64)
