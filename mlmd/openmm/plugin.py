@@ -37,11 +37,25 @@ import weakref
 from typing import Any, Iterable
 
 import numpy as np
-from openmmml.mlpotential import MLPotential, MLPotentialImpl, MLPotentialImplFactory
 
 from mlmd import keys
 from mlmd.errors import ConfigError, InputError, UnknownElementError
 from mlmd.units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV
+
+
+class MLMDPotentialImplFactory:
+    """Creates :class:`MLMDPotentialImpl` objects for ``MLPotential("mlmd", ...)`` (the entry point's target).
+
+    Duck-typed ``openmmml.mlpotential.MLPotentialImplFactory`` and defined before openmmml is imported: importing
+    openmmml loads every ``openmmml.potentials`` entry point, this one included, so when this module is imported
+    first, openmmml finds the factory in the still-initialising module instead of failing on a circular import.
+    """
+
+    def createImpl(self, name: str, **args: Any) -> "MLMDPotentialImpl":
+        return MLMDPotentialImpl(name, **args)
+
+
+from openmmml.mlpotential import MLPotential, MLPotentialImpl  # noqa: E402  (see MLMDPotentialImplFactory)
 
 FORCE_NAME_PREFIX = "mlmd:"
 _OPTIONS = ("model", "dtype", "device", "skin", "total_charge", "periodic")
@@ -337,9 +351,3 @@ class MLMDPotentialImpl(MLPotentialImpl):
         system.addForce(force)
         self.last_compute = compute
 
-
-class MLMDPotentialImplFactory(MLPotentialImplFactory):
-    """Creates :class:`MLMDPotentialImpl` objects for ``MLPotential("mlmd", ...)``."""
-
-    def createImpl(self, name: str, **args: Any) -> MLPotentialImpl:
-        return MLMDPotentialImpl(name, **args)
