@@ -1,0 +1,71 @@
+"""Accuracy: the bundled potential on the project's test split and on the transfer set (solvents outside the
+training list), side by side with MACE (64x0e, 2 interactions) trained on the same frames for a fixed CPU budget.
+
+    .venv/bin/python -m benchmarks.accuracy [--mace-minutes 20] [--threads 2] [--out benchmarks/results/accuracy.json]
+
+``--mace-minutes 0`` skips the peer. The peer runs in its own virtual environment (see benchmarks/speed.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bamboo-electrolyte")
+    parser.add_argument("--data", default=str(ROOT / "data" / "electrolyte"))
+    parser.add_argument("--transfer", default=str(ROOT / "data" / "electrolyte_transfer"))
+    parser.add_argument("--mace-minutes", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
+    args = parser.parse_args()
+
+    import torch
+    from ase.io import write
+
+    from mlmd.checkpoint import load_potential
+    from mlmd.data import make_sample, read_frames
+    from potentials.training import evaluate_samples
+
+    torch.set_num_threads(args.threads)
+    model = load_potential(args.model)
+    frames = read_frames(args.data)
+    parts = {name: [a for a in frames if a.info.get("split") == name] for name in ("train", "valid", "test")}
+    report = {"model": args.model, "model_metadata": {k: model.metadata.get(k) for k in ("data_hash", "n_train", "n_valid", "n_test")},
+              "mlmd_train_time_s": (model.metadata.get("train_time_s")),
+              "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]])}
+    if Path(args.transfer).exists() and any(Path(args.transfer).glob("*.extxyz*")):
+        transfer = read_frames(args.transfer)
+        report["mlmd_transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer])
+    if args.mace_minutes > 0:
+        from benchmarks.speed import ensure_peer_venv
+
+        peer = ensure_peer_venv()
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for name, part in parts.items():
+                paths[name] = Path(tmp, f"{name}.xyz")
+                write(paths[name], part, format="extxyz")
+            result = subprocess.run([str(peer), str(HERE / "peer_mace_train.py"), "--train", str(paths["train"]),
+                                     "--valid", str(paths["valid"]), "--test", str(paths["test"]),
+                                     "--minutes", str(args.mace_minutes), "--threads", str(args.threads)],
+                                    capture_output=True, text=True, cwd=HERE)
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr[-2000:])
+            report["mace"] = json.loads(result.stdout.strip().splitlines()[-1])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
