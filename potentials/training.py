@@ -385,6 +385,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                   "valid": evaluate_samples(best, valid_set, dtype=dtype),
                   "test": evaluate_samples(best, test_set, dtype=dtype) if test_set else None}
         metadata["metrics"] = {"valid": _summary(result["valid"]), "test": _summary(result["test"])}
+        metadata["train_time_s"] = result["train_time_s"]
+        metadata["epochs"] = result["epochs"]
         save(out_dir / "best.pt", best, with_state=False)
         with atomic_path(out_dir / "final_metrics.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
