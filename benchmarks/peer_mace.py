@@ -53,6 +53,7 @@ def main() -> None:
         torch.save(build_model(), path)
     atoms.calc = MACECalculator(model_paths=path, device="cpu", default_dtype="float32")
     rng = np.random.default_rng(0)
+    baseline_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     atoms.get_forces()  # warm-up
     times, cpu = [], []
     for _ in range(args.calls):
@@ -64,7 +65,8 @@ def main() -> None:
     seconds = float(np.median(times))
     print(json.dumps({"model": "MACE 64x0e 2 interactions (mace-torch)", "n_atoms": len(atoms), "seconds_per_call": seconds, "cpu_seconds_per_call": float(np.median(cpu)),
                       "atom_steps_per_s": len(atoms) / seconds,
-                      "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "calc_memory_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_MB}))
 
 
 if __name__ == "__main__":
