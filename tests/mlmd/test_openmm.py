@@ -257,3 +257,131 @@ def test_unknown_option_and_atom_without_element(model_path):
         _mlpotential(model=str(model_path)).createSystem(topology)
     assert str(err.value) == ("atom 3 (EP in residue MOL 1) has no element; "
                               "the ML atoms must be real atoms, not virtual sites")
+
+
+# --- OpenMM MD engine --------------------------------------------------------------------------------------
+
+def _read_rows(path):
+    from mlmd.md import read_thermo
+
+    return read_thermo(path)
+
+
+def test_openmm_nvt_run_writes_the_run_folder_and_thermostats(model_path, tmp_path):
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = water_cluster(4)
+    cfg = {"ensemble": "nvt", "temperature_K": 300, "steps": 40, "timestep_fs": 0.5, "log_interval": 10,
+           "trajectory_interval": 20, "checkpoint_interval": 20, "friction_per_fs": 0.05}
+    result = run_openmm_md(atoms, str(model_path), cfg, tmp_path / "run", dtype="float64")
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["config.json", "openmm_checkpoint.npz", "openmm_state.csv", "result.json", "thermo.csv",
+                     "topology.pdb", "trajectory.dcd", "trajectory.extxyz"]
+    rows = _read_rows(tmp_path / "run" / "thermo.csv")
+    assert rows["step"].tolist() == [0, 10, 20, 30, 40]
+    assert np.isfinite(rows["epot_eV"]).all() and (rows["temperature_K"] > 30).all()
+    assert result.n_frames == 3 and result.last_step == 40 and result.atoms.positions.shape == (12, 3)
+    import mdtraj
+
+    traj = mdtraj.load(str(tmp_path / "run" / "trajectory.dcd"), top=str(tmp_path / "run" / "topology.pdb"))
+    assert traj.n_frames == 3 and traj.topology.n_residues == 4 and traj.topology.n_bonds == 8
+    state_rows = (tmp_path / "run" / "openmm_state.csv").read_text().splitlines()
+    assert state_rows[0].startswith('#"Step"') and [r.split(",")[0] for r in state_rows[1:]] == ["0", "10", "20", "30", "40"]
+    # The potential energy of the last frame is the ASE calculator's at the same positions.
+    last = result.atoms.copy()
+    last.calc = MLMDCalculator(str(model_path), dtype="float64")
+    assert rows["epot_eV"][-1] == pytest.approx(last.get_potential_energy(), rel=1e-8)
+
+
+def test_openmm_restart_from_its_checkpoint_continues_the_same_trajectory(model_path, tmp_path):
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = periodic_box()
+    cfg = {"ensemble": "npt", "temperature_K": 100, "steps": 100, "timestep_fs": 0.25, "log_interval": 10,
+           "trajectory_interval": 20, "checkpoint_interval": 30}
+    full = run_openmm_md(atoms, str(model_path), cfg, tmp_path / "full", dtype="float64")
+    run_openmm_md(atoms, str(model_path), dict(cfg, steps=40), tmp_path / "split", dtype="float64")
+    # Step 40 is no multiple of the barostat interval (25): its moves must still come at steps 50, 75, 100.
+    resumed = run_openmm_md(atoms, str(model_path), cfg, tmp_path / "split", dtype="float64", restart=True)
+    a, b = _read_rows(tmp_path / "full" / "thermo.csv"), _read_rows(tmp_path / "split" / "thermo.csv")
+    assert b["step"].tolist() == a["step"].tolist() == list(range(0, 101, 10))
+    assert len(set(a["volume_A3"])) > 1  # the barostat moved
+    # Equal to rounding: the skin neighbour list is rebuilt at the restart, which changes the summation order.
+    assert np.allclose(a["epot_eV"], b["epot_eV"], rtol=1e-9, atol=0) and np.array_equal(a["volume_A3"], b["volume_A3"])
+    assert resumed.first_step == 40 and resumed.n_frames == full.n_frames == 6
+    assert np.abs(resumed.atoms.positions - full.atoms.positions).max() < 1e-9
+    with pytest.raises(ConfigError, match=r"checkpoint was written by integrator 'openmm-langevin-middle\+mc-isotropic' "
+                                          r"but the config asks for 'openmm-langevin-middle'"):
+        run_openmm_md(atoms, str(model_path), dict(cfg, ensemble="nvt", steps=120), tmp_path / "split", restart=True)
+    with pytest.raises(InputError, match=r"already holds a run \(openmm_checkpoint.npz\)"):
+        run_openmm_md(atoms, str(model_path), cfg, tmp_path / "split")
+
+
+class _FakeEnsemble(torch.nn.Module):
+    """A 'posterior' whose force spread grows with the distance the atoms moved from the start (Å)."""
+
+    def __init__(self, inner, start):
+        super().__init__()
+        self.inner = inner
+        self.start = torch.as_tensor(start)
+        self.config = inner.config
+
+    @property
+    def species(self):
+        return self.inner.species
+
+    @property
+    def cutoff(self):
+        return self.inner.cutoff
+
+    def forward(self, graph, compute_forces=True, compute_stress=False):
+        out = self.inner(graph, compute_forces=compute_forces, compute_stress=compute_stress)
+        moved = (graph.positions.detach() - self.start.to(graph.positions)).norm(dim=1, keepdim=True)
+        out[keys.FORCES_STD] = 2.0 * moved.expand(-1, 3) / np.sqrt(3)
+        return out
+
+
+def test_force_spread_is_exposed_per_step_and_guarded(model_path, tmp_path):
+    from mlmd.checkpoint import load_potential
+    from mlmd.errors import SimulationError
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = water_cluster(3)
+    model = _FakeEnsemble(load_potential(str(model_path), dtype=torch.float64), atoms.positions)
+    cfg = {"ensemble": "nvt", "temperature_K": 300, "steps": 400, "timestep_fs": 0.25, "log_interval": 10,
+           "guards": {"interval": 5, "max_forces_std_eV_A": 0.5}}
+    with pytest.raises(SimulationError) as err:
+        run_openmm_md(atoms, model, cfg, tmp_path / "run", dtype="float64")
+    message = str(err.value)
+    assert message.startswith("guard 'forces_std' tripped at step ") and "exceeds 0.5 eV/Å" in message
+    assert (tmp_path / "run" / "last_good.extxyz").exists()
+    spread = np.atleast_2d(np.loadtxt(tmp_path / "run" / "openmm_uncertainty.csv", delimiter=",", skiprows=1))
+    assert len(spread) >= 2, message
+    assert spread[0, 1] < 1e-12 and (np.diff(spread[:, 1]) > 0).all() and spread[-1, 1] <= 0.5
+
+
+def test_cli_engine_openmm(model_path, tmp_path, capsys):
+    import ase.io
+
+    from workflows.cli import main
+
+    ase.io.write(tmp_path / "w.extxyz", water_cluster(2))
+    rc = main(["md", str(tmp_path / "w.extxyz"), "--model", str(model_path), "--engine", "openmm", "--steps", "10",
+               "--log-interval", "5", "--out", str(tmp_path / "run"), "--no-progress", "--dtype", "float64"])
+    out = capsys.readouterr()
+    assert rc in (0, None), out.err
+    assert "md: steps 0 -> 10" in out.out and (tmp_path / "run" / "openmm_checkpoint.npz").exists()
+    rc = main(["md", str(tmp_path / "w.extxyz"), "--model", str(model_path), "--engine", "openmm", "--steps", "20",
+               "--out", str(tmp_path / "run"), "--no-progress", "--restart"])
+    assert rc in (0, None) and "md: steps 10 -> 20" in capsys.readouterr().out
+    rc = main(["md", str(tmp_path / "w.extxyz"), "--calculator", "ase.calculators.emt:EMT", "--engine", "openmm",
+               "--out", str(tmp_path / "r2")])
+    assert rc == 2 and capsys.readouterr().err == (
+        "error: --engine openmm runs an mlmd potential: give --model NAME_OR_PATH (--calculator needs --engine ase)\n")
+    rc = main(["md", str(tmp_path / "w.extxyz"), "--model", str(model_path), "--engine", "gromacs",
+               "--out", str(tmp_path / "r3")])
+    assert rc == 2 and capsys.readouterr().err == "error: --engine 'gromacs' is not accepted; use ase or openmm\n"
+    rc = main(["md", str(tmp_path / "w.extxyz"), "--model", str(model_path), "--engine", "openmm",
+               "--thermostat", "bussi", "--out", str(tmp_path / "r4")])
+    assert rc == 2 and capsys.readouterr().err == (
+        "error: thermostat 'bussi' is not available with the openmm engine; use langevin or nose_hoover (or --engine ase)\n")

@@ -76,6 +76,8 @@ def register(app: typer.Typer) -> None:
         restart: bool = typer.Option(False, "--restart", help="Continue the run in --out from its checkpoint."),
         device: str = typer.Option("cpu", "--device", help="Device of the ML potential (cpu, cuda)."),
         dtype: str = typer.Option("float32", "--dtype", help="Precision of the ML potential (float32, float64)."),
+        engine: str = typer.Option("ase", "--engine", help="MD engine: ase | openmm (the model inside OpenMM; needs --model)."),
+        openmm_platform: str = typer.Option("Reference", "--openmm-platform", help="OpenMM platform for --engine openmm (Reference, CPU, CUDA)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ) -> None:
         """Run NVE / NVT / NPT molecular dynamics; writes a trajectory (ASE + mdtraj), a log and checkpoints."""
@@ -96,8 +98,12 @@ def register(app: typer.Typer) -> None:
             cfg = make_config(json.loads(previous.read_text()), source=str(previous), **overrides)
         else:
             cfg = load_config(config, **overrides)
+        if engine not in ("ase", "openmm"):
+            raise ConfigError(f"--engine {engine!r} is not accepted; use ase or openmm")
         if (model is None) == (calculator is None):
             raise ConfigError("give exactly one of --model NAME_OR_PATH or --calculator module:factory")
+        if engine == "openmm" and model is None:
+            raise ConfigError("--engine openmm runs an mlmd potential: give --model NAME_OR_PATH (--calculator needs --engine ase)")
         if structure is None:
             first_frame = out / "trajectory.extxyz"
             if not restart:
@@ -109,7 +115,14 @@ def register(app: typer.Typer) -> None:
             atoms = ase.io.read(str(first_frame), index=0, format="extxyz")
         else:
             atoms = _read_structure(structure)
-        if calculator is not None:
+        if engine == "openmm":
+            from functools import partial
+
+            from mlmd.openmm.engine import run_openmm_md
+
+            calc = model
+            run_md = partial(run_openmm_md, device=device, dtype=dtype, platform=openmm_platform)  # noqa: F811
+        elif calculator is not None:
             calc = load_calculator_factory(calculator)
         else:
             try:
