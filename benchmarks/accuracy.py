@@ -34,12 +34,12 @@ def main() -> None:
 
     from mlmd.checkpoint import load_potential
     from mlmd.data import make_sample, read_frames
-    from potentials.training import evaluate_samples
+    from potentials.training import evaluate_samples, split_of
 
     torch.set_num_threads(args.threads)
     model = load_potential(args.model)
     frames = read_frames(args.data)
-    parts = {name: [a for a in frames if a.info.get("split") == name] for name in ("train", "valid", "test")}
+    parts = {name: [a for a in frames if split_of(a) == name] for name in ("train", "valid", "test")}
     report = {"model": args.model, "model_metadata": {k: model.metadata.get(k) for k in ("data_hash", "n_train", "n_valid", "n_test")},
               "mlmd_train_time_s": (model.metadata.get("train_time_s")),
               "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]])}

@@ -223,11 +223,18 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
     return result
 
 
+SPLIT_NAMES = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
+
+
+def split_of(atoms, key: str | None = "split") -> str | None:
+    """'train' | 'valid' | 'test' from ``atoms.info[key]`` (also accepts 'val'), else None."""
+    return SPLIT_NAMES.get(str(atoms.info.get(key))) if key else None
+
+
 def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
-    names = ("train", "valid", "test")
-    if cfg.split_key and all(a.info.get(cfg.split_key) in names for a in frames):
-        labels = np.array([a.info[cfg.split_key] for a in frames])
-        return [np.flatnonzero(labels == name) for name in names]
+    labels = np.array([split_of(a, cfg.split_key) for a in frames], dtype=object)
+    if cfg.split_key and all(label is not None for label in labels):
+        return [np.flatnonzero(labels == name) for name in ("train", "valid", "test")]
     return split_indices(len(frames), cfg.split, cfg.seed)
 
 
