@@ -72,3 +72,20 @@ def test_missing_reference_keys_are_reported(tmp_path):
     cfg = load_train_config(None, {"data": [str(tmp_path / "bad.xyz")], "output": str(tmp_path / "run")})
     with pytest.raises(InputError, match="structure 1 has no 'REF_energy'"):
         train(cfg, progress=False)
+
+
+def test_split_follows_per_cluster_labels_else_seeded_random():
+    from ase import Atoms
+
+    from potentials.training import TrainConfig, _split
+
+    frames = [Atoms("H") for _ in range(6)]
+    for atoms, label in zip(frames, ["train", "val", "test", "train", "valid", "train"]):
+        atoms.info["split"] = label
+    train_idx, valid_idx, test_idx = _split(frames, TrainConfig(data=["x"]))
+    assert train_idx.tolist() == [0, 3, 5] and valid_idx.tolist() == [1, 4] and test_idx.tolist() == [2]
+    del frames[0].info["split"]
+    parts = _split(frames, TrainConfig(data=["x"], split=(0.5, 0.25, 0.25), seed=3))
+    again = _split(frames, TrainConfig(data=["x"], split=(0.5, 0.25, 0.25), seed=3))
+    assert [p.tolist() for p in parts] == [p.tolist() for p in again]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(6))
