@@ -381,7 +381,7 @@ def pack_box(plan: Plan, seed: int = 0, tolerance: float = 2.0, density_g_cm3: f
     """Pack the plan's molecules with packmol into a periodic cubic box at its packing density.
 
     Returns Atoms with pbc, per-atom ``mol_id`` and ``species`` labels, ``info['total_charge']`` and
-    ``info['composition']``. Molecules are packed whole inside the box and then wrapped.
+    ``info['composition']``. Molecules are packed whole inside the box and left whole (not wrapped).
     """
     from ase.io import read, write
 
@@ -408,8 +408,7 @@ def pack_box(plan: Plan, seed: int = 0, tolerance: float = 2.0, density_g_cm3: f
                 raise InputError(f"packmol could not pack {plan.name!r}: {proc.stdout[-200:]!r}")
         atoms = read(out, format="xyz")
     atoms.set_cell([length] * 3)
-    atoms.pbc = True
-    atoms.wrap()
+    atoms.pbc = True                      # molecules stay whole (not wrapped): packmol placed them inside
     mol_id, labels = [], []
     m = 0
     for c in comps:

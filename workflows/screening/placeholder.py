@@ -4,7 +4,7 @@ An untrained (random) network gives nearly zero, random forces, so an MD box of 
 atoms collide (< 0.5 Å) within a few dozen steps and the barostat chases an ideal-gas pressure. For tests of the
 *workflow* (and the demo's fallback) the ML potential is summed with a tiny classical force field:
 
-- bonds: harmonic springs (k = 20 eV/Å²) between atoms of the same molecule closer than 1.25 × the sum of their
+- bonds: harmonic springs (k = 20 eV/Å²) between atoms of the same molecule closer than 1.45 × the sum of their
   covalent radii at the first call, rest length = that sum;
 - intramolecular non-bonded pairs and all intermolecular pairs: a shifted Lennard-Jones term (ε = 5 meV, σ = 2.6 Å,
   cutoff 5 Å; σ = 1.6 Å for pairs with Li).
@@ -37,7 +37,7 @@ class ClassicalRestraints(Calculator):
             mol = atoms.arrays.get("mol_id", np.arange(len(atoms)))
             i, j, d = neighbor_list("ijd", atoms, 2.0)
             r0 = covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]
-            keep = (i < j) & (mol[i] == mol[j]) & (d < 1.25 * r0)
+            keep = (i < j) & (mol[i] == mol[j]) & (d < 1.45 * r0)
             self._bonds = (i[keep], j[keep], r0[keep])
         return self._bonds
 

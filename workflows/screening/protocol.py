@@ -340,9 +340,34 @@ def stage_density(plan: Plan, folder: Path, atoms: Atoms, calc) -> dict[str, Any
     return decision
 
 
+def make_whole(atoms: Atoms) -> np.ndarray:
+    """Positions with every molecule (``mol_id``) whole: each atom at the minimum image from its molecule's first
+    atom."""
+    mol = atoms.arrays["mol_id"]
+    pos = atoms.positions.copy()
+    first = np.zeros(mol.max() + 1, dtype=int)
+    first[mol[::-1]] = np.arange(len(mol))[::-1]
+    d = pos - pos[first[mol]]
+    frac = np.linalg.solve(atoms.cell.array.T, d.T).T
+    d -= np.rint(frac) @ atoms.cell.array
+    return pos[first[mol]] + d
+
+
+def scale_molecules(atoms: Atoms, scale: float) -> None:
+    """Scale the cell by ``scale`` moving each molecule (``mol_id``) rigidly with its centre of mass, so that
+    bonds keep their lengths (scaling atom positions would stretch them)."""
+    mol = atoms.arrays["mol_id"]
+    m = atoms.get_masses()
+    pos = make_whole(atoms)
+    total = np.bincount(mol, m)
+    com = np.stack([np.bincount(mol, m * pos[:, k]) for k in range(3)], axis=1) / total[:, None]
+    atoms.set_cell(atoms.cell.array * scale, scale_atoms=False)
+    atoms.positions = pos + (scale - 1.0) * com[mol]
+
+
 def replica_starts(plan: Plan, folder: Path, density_g_cm3: float) -> list[Path]:
     """Write ``n_replicas`` start structures: production frames from the second half, spread evenly, each with the
-    cell scaled isotropically to the mean NPT volume."""
+    cell scaled isotropically to the mean NPT volume (molecules moved rigidly)."""
     from ase.io import read
 
     from mlmd.units import G_PER_CM3_PER_AMU_PER_A3
@@ -361,8 +386,7 @@ def replica_starts(plan: Plan, folder: Path, density_g_cm3: float) -> list[Path]
         atoms = box.copy()
         atoms.set_cell(frame.cell, scale_atoms=False)
         atoms.set_positions(frame.positions)
-        scale = (volume / atoms.get_volume()) ** (1 / 3)
-        atoms.set_cell(atoms.cell.array * scale, scale_atoms=True)
+        scale_molecules(atoms, (volume / atoms.get_volume()) ** (1 / 3))
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atoms(atoms, path)
     return out
