@@ -247,7 +247,11 @@ class MLMDPotentialImpl(MLPotentialImpl):
             raise InputError(f"model={model!r} is not accepted; give a bundled model name, a checkpoint path or a Potential")
         from mlmd.registry import resolve_model_path
 
-        return str(resolve_model_path(model))
+        path = resolve_model_path(model)
+        if not path.is_file():  # a bundled name whose checkpoint is not installed (not trained yet)
+            raise InputError(f"bundled model {str(model)!r} is not installed (no file {path}); "
+                             "give a checkpoint path or install the trained model")
+        return str(path)
 
     def _load(self, options: dict[str, Any]):
         model = options["model"]
