@@ -107,10 +107,11 @@ def check_subset(atoms: Iterable[int] | None, n_atoms: int) -> list[int] | None:
         if not 0 <= int(k) < n_atoms:
             raise SubsetError(f"ML atom index {int(k)} is out of range for a topology of {n_atoms} atoms; "
                               f"give indices in 0..{n_atoms - 1}")
-    if len(set(int(k) for k in subset)) != len(subset):
-        seen: set[int] = set()
-        repeated = next(int(k) for k in subset if int(k) in seen or seen.add(int(k)))
-        raise SubsetError(f"ML atom index {repeated} appears more than once in the ML subset; list each atom once")
+    seen: set[int] = set()
+    for k in map(int, subset):
+        if k in seen:
+            raise SubsetError(f"ML atom index {k} appears more than once in the ML subset; list each atom once")
+        seen.add(k)
     return [int(k) for k in subset]
 
 
