@@ -140,11 +140,12 @@ class MLMDForceCompute:
 
     # -- pickling: settings only ------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "name": self.name}
+        return {"spec": self.spec}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (XmlSerializer, copy.deepcopy of the System) reloads the model lazily on its first evaluation.
+        # Its force keeps the original's name, so find_compute on the copy finds the original's object.
         self.__init__(state["spec"])
-        self.name = state["name"]
 
     # -- evaluation --------------------------------------------------------------------------------------
     @property

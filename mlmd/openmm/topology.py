@@ -192,7 +192,7 @@ def atoms_from_topology(topology, positions=None, box_vectors=None) -> Atoms:
     else:
         if unit.is_quantity(positions):
             positions = positions.value_in_unit(unit.nanometer)
-        xyz = np.asarray([[float(v) for v in p] for p in positions], dtype=np.float64).reshape(-1, 3)
+        xyz = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         if len(xyz) != len(numbers):
             raise InputError(f"{len(xyz)} positions for a topology of {len(numbers)} atoms; give one position per atom")
     if box_vectors is None:
@@ -201,7 +201,7 @@ def atoms_from_topology(topology, positions=None, box_vectors=None) -> Atoms:
     if box_vectors is not None:
         if unit.is_quantity(box_vectors):
             box_vectors = box_vectors.value_in_unit(unit.nanometer)
-        atoms.set_cell(np.asarray([[float(v) for v in row] for row in box_vectors]) * ANGSTROM_PER_NM)
+        atoms.set_cell(np.asarray(box_vectors, dtype=np.float64).reshape(3, 3) * ANGSTROM_PER_NM)
         atoms.pbc = True
     atoms.arrays[keys.MOL_ID] = np.asarray(mol_id, dtype=np.int64)
     charges = [atom.formalCharge for atom in topology.atoms()]

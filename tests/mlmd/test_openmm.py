@@ -99,6 +99,16 @@ def test_positions_from_openmm_are_not_reevaluated_between_steps(model_path):
     assert compute.n_evaluations == 3
 
 
+def test_system_with_the_mlmd_force_survives_xml_serialisation(model_path):
+    atoms = water_cluster(2)
+    topology = topology_from_atoms(atoms)
+    system = _mlpotential(model=str(model_path), dtype="float64").createSystem(topology)
+    copy = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    first, _ = _energy_forces(_context(system, topology, openmm_positions(atoms)))
+    second, _ = _energy_forces(_context(copy, topology, openmm_positions(atoms)))
+    assert second == first
+
+
 # --- entry point ------------------------------------------------------------------------------------------
 
 def test_entry_point_is_found_from_a_clean_interpreter_without_importing_torch(tmp_path):
@@ -291,6 +301,20 @@ def test_openmm_nvt_run_writes_the_run_folder_and_thermostats(model_path, tmp_pa
     last = result.atoms.copy()
     last.calc = MLMDCalculator(str(model_path), dtype="float64")
     assert rows["epot_eV"][-1] == pytest.approx(last.get_potential_energy(), rel=1e-8)
+
+
+def test_openmm_engine_on_a_general_triclinic_cell_starts_from_the_ase_energy(model_path, tmp_path):
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = _general_triclinic()
+    atoms.calc = MLMDCalculator(str(model_path), dtype="float64")
+    cfg = {"ensemble": "nvt", "temperature_K": 100, "steps": 10, "timestep_fs": 0.25, "log_interval": 10}
+    result = run_openmm_md(atoms, str(model_path), cfg, tmp_path / "run", dtype="float64")
+    rows = _read_rows(tmp_path / "run" / "thermo.csv")
+    assert rows["epot_eV"][0] == pytest.approx(atoms.get_potential_energy(), rel=1e-9)
+    cell = result.atoms.cell.array  # OpenMM's reduced frame: a along x, b in the xy plane
+    assert cell[0, 1] == cell[0, 2] == cell[1, 2] == 0.0
+    assert result.atoms.get_volume() == pytest.approx(atoms.get_volume(), rel=1e-12)
 
 
 def test_openmm_restart_from_its_checkpoint_continues_the_same_trajectory(model_path, tmp_path):
