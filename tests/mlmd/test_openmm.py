@@ -174,7 +174,9 @@ def test_topology_without_mol_id_uses_connected_components_and_ions_stay_alone()
 
 # --- mixed ML/MM system ------------------------------------------------------------------------------------
 
-def test_mixed_system_ml_waters_in_tip3p_water(model_path):
+@pytest.fixture(scope="module")
+def water_box():
+    """A 1.4 nm box of amber14/TIP3P-FB water (PME) and the atoms of its first two waters (the ML subset)."""
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3pfb.xml")
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield, boxSize=openmm.Vec3(1.4, 1.4, 1.4) * unit.nanometer)
@@ -182,6 +184,11 @@ def test_mixed_system_ml_waters_in_tip3p_water(model_path):
     mm_system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=0.6 * unit.nanometer,
                                         constraints=app.HBonds)
     ml_atoms = [a.index for r in list(topology.residues())[:2] for a in r.atoms()]
+    return modeller, topology, mm_system, ml_atoms
+
+
+def test_mixed_system_ml_waters_in_tip3p_water(model_path, water_box):
+    modeller, topology, mm_system, ml_atoms = water_box
     mixed = _mlpotential(model=str(model_path), dtype="float64").createMixedSystem(
         topology, mm_system, ml_atoms, forceGroup=1)
     assert mixed.getNumConstraints() == mm_system.getNumConstraints() - 6  # the two ML waters are flexible
@@ -200,6 +207,24 @@ def test_mixed_system_ml_waters_in_tip3p_water(model_path):
     integrator.step(5)
     energy, forces = _energy_forces(context)
     assert np.isfinite(energy) and np.isfinite(forces).all()
+
+
+def test_mixed_system_interpolates_between_mm_and_ml(model_path, water_box):
+    modeller, topology, mm_system, ml_atoms = water_box
+    potential = _mlpotential(model=str(model_path), dtype="float64")
+    systems = {"mm": mm_system, "mixed": potential.createMixedSystem(topology, mm_system, ml_atoms),
+               "interpolated": potential.createMixedSystem(topology, mm_system, ml_atoms, interpolate=True)}
+    energies = {}
+    for label, system in systems.items():
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        context.setPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
+        context.setPositions(modeller.positions)
+        for lam in ((0.0, 1.0) if label == "interpolated" else (None,)):
+            if lam is not None:
+                context.setParameter("lambda_interpolate", lam)
+            energies[label, lam] = _energy_forces(context)[0]
+    assert energies["interpolated", 1.0] == pytest.approx(energies["mixed", None], rel=1e-10)
+    assert energies["interpolated", 0.0] == pytest.approx(energies["mm", None], rel=1e-4)
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
