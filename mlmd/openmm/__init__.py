@@ -15,6 +15,7 @@ _LAZY = {
     "mdtraj_topology": "mlmd.openmm.topology",
     "openmm_positions": "mlmd.openmm.topology",
     "run_openmm_md": "mlmd.openmm.engine",
+    "ForceSpreadReporter": "mlmd.openmm.reporters",
 }
 
 __all__ = sorted(_LAZY)

@@ -27,7 +27,8 @@ an unknown model name (:class:`InputError`), an element the model does not know
 
 Uncertainty: when the model returns ``forces_std`` (posterior / ensemble wrappers), each evaluation records it;
 :func:`find_compute` returns the force's :class:`MLMDForceCompute`, whose ``last_results`` and
-:meth:`MLMDForceCompute.take_max_forces_std` give reporters and guards the spread at every step.
+:meth:`MLMDForceCompute.take_max_forces_std` give reporters and guards the spread at every step
+(:class:`mlmd.openmm.reporters.ForceSpreadReporter` for plain OpenMM scripts).
 """
 
 from __future__ import annotations

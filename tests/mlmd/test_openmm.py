@@ -409,6 +409,29 @@ def test_force_spread_is_exposed_per_step_and_guarded(model_path, tmp_path):
     assert spread[0, 1] < 1e-12 and (np.diff(spread[:, 1]) > 0).all() and spread[-1, 1] <= 0.5
 
 
+def test_force_spread_reporter_in_a_plain_openmm_simulation(model_path, tmp_path):
+    from mlmd.checkpoint import load_potential
+    from mlmd.errors import SimulationError
+    from mlmd.openmm.reporters import ForceSpreadReporter
+
+    atoms = water_cluster(3)
+    model = _FakeEnsemble(load_potential(str(model_path), dtype=torch.float64), atoms.positions)
+    topology = topology_from_atoms(atoms)
+    system = _mlpotential(model=model, dtype="float64").createSystem(topology)
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 10 / unit.picosecond, 0.25 * unit.femtosecond)
+    integrator.setRandomNumberSeed(1)
+    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(openmm_positions(atoms))
+    simulation.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    reporter = ForceSpreadReporter(str(tmp_path / "spread.csv"), 5, max_forces_std=0.5)
+    simulation.reporters.append(reporter)
+    with pytest.raises(SimulationError, match=r"^guard 'forces_std' tripped at step \d+: force uncertainty "):
+        simulation.step(400)
+    reporter.close()
+    spread = np.loadtxt(tmp_path / "spread.csv", delimiter=",", skiprows=1)
+    assert spread[0, 0] == 5 and (np.diff(spread[:, 1]) > 0).all() and spread[-1, 1] > 0.5 >= spread[-2, 1]
+
+
 def test_cli_engine_openmm(model_path, tmp_path, capsys):
     import ase.io
 
