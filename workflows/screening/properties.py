@@ -116,7 +116,7 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
     # Density (NPT production).
     rho = protocol.density_series(plan, folder)
     decision = protocol.read_json(folder / protocol.DENSITY)
-    props["density_g_cm3"], props["density_sem"] = rho.mean, rho.sem
+    props["density_g_cm3"], props["density_g_cm3_sem"] = rho.mean, rho.sem
     summaries["density"] = {**summary(rho), "stopped": decision.get("stopped"), "production_steps": decision.get("steps")}
     if not rho.converged:
         notes.append("density: blocking found no plateau; the error bar is a lower bound")
@@ -151,7 +151,7 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
         gk = green_kubo_viscosity(reps["stress"], p.stress_interval * p.timestep_fs, reps["volumes"], temperature,
                                   seed=f.seed)
         eta, eta_sem = gk.viscosity, gk.sem
-        props["viscosity_mPa_s"], props["viscosity_sem"] = eta, eta_sem
+        props["viscosity_mPa_s"], props["viscosity_mPa_s_sem"] = eta, eta_sem
         summaries["viscosity"] = summary(gk)
         if not gk.converged:
             notes.append("viscosity: the Green-Kubo fit did not settle (run longer or add replicas)")
@@ -194,9 +194,9 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
             cond = ionic_conductivity(reps["positions"], dt_frames, masses, charges, labels, volume, temperature,
                                       mol_id=mol_id, diffusion={k: v for k, v in diff.items() if k in ions}
                                       if diff else None)
-            props["sigma_NE_mS_cm"], props["sigma_NE_sem"] = cond.nernst_einstein_ms_per_cm, \
+            props["sigma_NE_mS_cm"], props["sigma_NE_mS_cm_sem"] = cond.nernst_einstein_ms_per_cm, \
                 cond.nernst_einstein_sem_ms_per_cm
-            props["sigma_Einstein_mS_cm"], props["sigma_Einstein_sem"] = cond.collective_ms_per_cm, \
+            props["sigma_Einstein_mS_cm"], props["sigma_Einstein_mS_cm_sem"] = cond.collective_ms_per_cm, \
                 cond.collective_sem_ms_per_cm
             props["haven_ratio"] = cond.haven_ratio
             if LI_LABEL in cond.t_ne:

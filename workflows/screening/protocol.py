@@ -340,17 +340,37 @@ def stage_density(plan: Plan, folder: Path, atoms: Atoms, calc) -> dict[str, Any
     return decision
 
 
-def make_whole(atoms: Atoms) -> np.ndarray:
-    """Positions with every molecule (``mol_id``) whole: each atom at the minimum image from its molecule's first
-    atom."""
+def make_whole(atoms: Atoms, bond_cutoff_A: float = 2.0) -> np.ndarray:
+    """Positions with every molecule (``mol_id``) whole: walk each molecule's bond graph (pairs of the same
+    molecule closer than ``bond_cutoff_A``, minimum image) from its first atom, placing each atom next to the
+    atom it was reached from."""
+    from collections import deque
+
+    from ase.neighborlist import neighbor_list
+
     mol = atoms.arrays["mol_id"]
     pos = atoms.positions.copy()
-    first = np.zeros(mol.max() + 1, dtype=int)
-    first[mol[::-1]] = np.arange(len(mol))[::-1]
-    d = pos - pos[first[mol]]
-    frac = np.linalg.solve(atoms.cell.array.T, d.T).T
-    d -= np.rint(frac) @ atoms.cell.array
-    return pos[first[mol]] + d
+    i, j, vec = neighbor_list("ijD", atoms, bond_cutoff_A)
+    keep = mol[i] == mol[j]
+    i, j, vec = i[keep], j[keep], vec[keep]
+    order = np.argsort(i, kind="stable")
+    i, j, vec = i[order], j[order], vec[order]
+    starts = np.searchsorted(i, np.arange(len(atoms) + 1))
+    seen = np.zeros(len(atoms), dtype=bool)
+    for a in range(len(atoms)):
+        if seen[a]:
+            continue
+        seen[a] = True
+        queue = deque([a])
+        while queue:
+            b = queue.popleft()
+            for k in range(starts[b], starts[b + 1]):
+                c = j[k]
+                if not seen[c]:
+                    seen[c] = True
+                    pos[c] = pos[b] + vec[k]
+                    queue.append(c)
+    return pos
 
 
 def scale_molecules(atoms: Atoms, scale: float) -> None:
@@ -424,10 +444,15 @@ def run_replica(plan: Plan, folder: Path, k: int) -> dict[str, Any]:
                        _step_reporter(folder, "replicas", f"replica {k} equilibration"))
     else:
         atoms = atoms.copy()
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+        from ase.md.velocitydistribution import Stationary
 
-        MaxwellBoltzmannDistribution(atoms, temperature_K=plan.formulation.temperature_K,
-                                     rng=np.random.default_rng(replica_seed(plan, k)))
+        try:
+            from ase.md.velocitydistribution import thermalize_momenta
+        except ImportError:  # ase < 3.29
+            from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+        thermalize_momenta(atoms, temperature_K=plan.formulation.temperature_K,
+                           rng=np.random.default_rng(replica_seed(plan, k)))
         Stationary(atoms)
     run_to(rdir / "prod", atoms, calc, prod, plan.formulation.engine,
            _step_reporter(folder, "replicas", f"replica {k} production"))

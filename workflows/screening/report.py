@@ -19,10 +19,10 @@ from mlmd.io import atomic_write_text
 
 #: (key, header, unit) of the table columns; each key has a ``*_sem`` companion in the database.
 COLUMNS = [
-    ("density_g_cm3", "density", "g/cm³", "density_sem"),
-    ("viscosity_mPa_s", "viscosity", "mPa·s", "viscosity_sem"),
-    ("sigma_NE_mS_cm", "σ Nernst–Einstein", "mS/cm", "sigma_NE_sem"),
-    ("sigma_Einstein_mS_cm", "σ collective", "mS/cm", "sigma_Einstein_sem"),
+    ("density_g_cm3", "density", "g/cm³", "density_g_cm3_sem"),
+    ("viscosity_mPa_s", "viscosity", "mPa·s", "viscosity_mPa_s_sem"),
+    ("sigma_NE_mS_cm", "σ Nernst–Einstein", "mS/cm", "sigma_NE_mS_cm_sem"),
+    ("sigma_Einstein_mS_cm", "σ collective", "mS/cm", "sigma_Einstein_mS_cm_sem"),
     ("t_Li_NE", "t(Li⁺) NE", "", "t_Li_NE_sem"),
     ("t_Li_Onsager", "t(Li⁺) Onsager", "", "t_Li_Onsager_sem"),
     ("D_Li", "D(Li⁺)", "10⁻⁹ m²/s", "D_Li_sem"),
@@ -213,7 +213,7 @@ def _html(rows, rank_by, title, bars, per, database) -> str:
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}
 th, td {{ border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: right; }}
-td:nth-child(2), th {{ text-align: left; }}
+td:nth-child(2), td:last-child, th {{ text-align: left; }}
 tr.failed td {{ background: #fde8e8; }}
 .prov {{ font-size: 0.8em; color: #555; }}
 .figs {{ display: flex; flex-wrap: wrap; gap: 0.5em; }}

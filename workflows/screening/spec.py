@@ -180,6 +180,7 @@ class FormulationSpec(BaseModel):
             total = sum(values)
             for s, v in zip(self.solvents, values):
                 s.fraction = v / total
+            self.ratio = None           # now spelled as fractions (the same formulation, the same key)
         elif len(self.solvents) == 1 and self.solvents[0].fraction is None:
             self.solvents[0].fraction = 1.0
         missing = [s.text for s in self.solvents if s.fraction is None]
@@ -270,7 +271,7 @@ def _format(exc: ValidationError, source: str, where: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    prefix = f"{source}: {where}" if where else source
+    prefix = f"{source}: {where}"
     if err["type"] == "extra_forbidden":
         field = err["loc"][-1]
         models = {"protocol": ProtocolSpec, "solvents": SolventSpec}
