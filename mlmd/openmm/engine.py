@@ -24,7 +24,10 @@ state, but only on the platform that wrote it. ``topology.pdb`` has one residue 
 
 Frame: a general triclinic cell is rotated into OpenMM's reduced form (a along x, b in the xy plane) and every
 output uses that frame; cubic and orthorhombic boxes are unchanged. Positions are unwrapped, as in the ASE engine.
-Temperatures use 3N - 3 degrees of freedom (the CMMotionRemover fixes the centre of mass), as OpenMM reports them.
+Temperatures use 3N - 3 degrees of freedom (the CMMotionRemover fixes the centre of mass), as OpenMM reports them;
+the start velocities have their centre-of-mass motion removed. Momenta in the frames and the kinetic energy: on-step
+velocities for NVE (OpenMM's leapfrog Verlet is started and read as velocity Verlet, so the conserved energy has no
+step-0 jump); for the Langevin and Nose-Hoover integrators, OpenMM's own velocities and kinetic energy.
 Pressure in thermo.csv (periodic runs, ``log_pressure``): the model's stress at log steps, computed in the same
 evaluation as the forces, plus the kinetic part. The Monte Carlo barostat itself needs energies only.
 Uncertainty: with a posterior / ensemble model the largest per-atom force spread of every evaluation since the
@@ -304,11 +307,25 @@ def run_openmm_md(
             momenta = atoms.get_momenta()
             if not np.all(np.isfinite(momenta)):
                 raise InputError("structure carries non-finite momenta; fix them or set initial_velocities: maxwell")
-            context.setVelocities(momenta / masses[:, None] / ASE_FS * NM_PER_ANGSTROM * FS_PER_PS)  # -> nm/ps
+            # amu Å / ASE time -> Å / ASE time -> Å/fs (1 fs = ASE_FS ASE time units) -> nm/ps
+            context.setVelocities(momenta / masses[:, None] * ASE_FS * NM_PER_ANGSTROM * FS_PER_PS)
         elif config.temperature_K is not None:
             context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, _seed(config, 2))
         elif mode == "maxwell":
             raise ConfigError("initial_velocities 'maxwell' needs temperature_K (a positive number in K)")
+        if len(atoms) > 1:  # the CMMotionRemover would take the centre-of-mass motion out at the first step
+            v = np.asarray(context.getState(getVelocities=True).getVelocities(asNumpy=True)
+                           .value_in_unit(unit.nanometer / unit.picosecond))
+            context.setVelocities(v - (masses[:, None] * v).sum(axis=0) / masses.sum())
+        if name == "openmm-verlet":
+            # OpenMM's Verlet is leapfrog: its velocities live at t - dt/2 and it reports the kinetic energy of
+            # v + dt/2 F/m. Shift the start velocities back so step 0 has exactly the chosen velocities (this is
+            # velocity Verlet from them) and the conserved-energy log has no jump at step 0.
+            state = context.getState(getVelocities=True, getForces=True)
+            v = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond))
+            f = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+            dt_ps = config.timestep_fs / FS_PER_PS
+            context.setVelocities(v - 0.5 * dt_ps * f / masses[:, None])  # kJ/mol/nm / amu * ps = nm/ps
 
     end = config.steps
     dt = config.timestep_fs
@@ -339,10 +356,12 @@ def run_openmm_md(
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise trip(Trip("calculator", f"the force evaluation failed ({type(exc).__name__}: {detail})"), step) from exc
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * ANGSTROM_PER_NM
-        velocities = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-        momenta = masses[:, None] * np.asarray(velocities) * ANGSTROM_PER_NM / FS_PER_PS * ASE_FS  # amu Å / ASE time
-        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
+        velocities = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond))
         forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+        if name == "openmm-verlet":  # leapfrog: v(t - dt/2) -> v(t), the velocities OpenMM's kinetic energy uses
+            velocities = velocities + 0.5 * dt / FS_PER_PS * forces / masses[:, None]
+        momenta = masses[:, None] * velocities * ANGSTROM_PER_NM / FS_PER_PS / ASE_FS  # amu Å / ASE time
+        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
         forces = forces / KJ_PER_MOL_PER_EV / ANGSTROM_PER_NM
         ekin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
         frame = Atoms(numbers=atoms.numbers, positions=positions, pbc=atoms.pbc)

@@ -342,6 +342,29 @@ def test_openmm_engine_on_a_general_triclinic_cell_starts_from_the_ase_energy(mo
     assert result.atoms.get_volume() == pytest.approx(atoms.get_volume(), rel=1e-12)
 
 
+def test_openmm_log_matches_ase_kinetic_energy_and_pressure(model_path, tmp_path):
+    from ase.md.velocitydistribution import Stationary
+
+    from mlmd.openmm.engine import run_openmm_md
+    from mlmd.units import BAR_PER_EV_PER_A3
+
+    atoms = periodic_box()
+    rng = np.random.default_rng(0)
+    atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(atoms.get_masses())[:, None] * 0.02)
+    Stationary(atoms)
+    cfg = {"ensemble": "nve", "steps": 10, "timestep_fs": 0.25, "log_interval": 10, "temperature_K": None}
+    result = run_openmm_md(atoms, str(model_path), cfg, tmp_path / "run", dtype="float64")
+    rows = _read_rows(tmp_path / "run" / "thermo.csv")
+    assert rows["ekin_eV"][0] == pytest.approx(atoms.get_kinetic_energy(), rel=1e-8)  # the structure's momenta
+    assert rows["etot_eV"][1] == pytest.approx(rows["etot_eV"][0], abs=1e-4)
+    final = result.atoms.copy()
+    final.calc = MLMDCalculator(str(model_path), dtype="float64")
+    assert rows["ekin_eV"][-1] == pytest.approx(final.get_kinetic_energy(), rel=1e-8)
+    stress = final.get_stress(voigt=False, include_ideal_gas=True)
+    assert rows["pressure_bar"][-1] == pytest.approx(-np.trace(stress) / 3 * BAR_PER_EV_PER_A3, rel=1e-7)
+    assert rows["pxy_bar"][-1] == pytest.approx(-stress[0, 1] * BAR_PER_EV_PER_A3, rel=1e-7)
+
+
 def test_openmm_restart_from_its_checkpoint_continues_the_same_trajectory(model_path, tmp_path):
     from mlmd.openmm.engine import run_openmm_md
 
