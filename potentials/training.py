@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as nn_functional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +35,9 @@ class LossWeights(BaseModel):
     charges: float = 0.5  # on e^2
     dipole: float = 0.02  # on (e·Å)^2
     charge_residual: float = 0.01  # variance of dE_elec/dq within a structure, eV^2
+    # Huber on force components (quadratic below the threshold, linear above): hot frames with forces of tens of
+    # eV/Å then cannot dominate the gradient. None = plain mean squared error.
+    force_huber_eV_per_A: float | None = 1.0
 
 
 class TrainConfig(BaseModel):
@@ -149,7 +153,10 @@ def compute_losses(model, graph, targets, weights: LossWeights) -> tuple[torch.T
     if m.any():
         parts["energy"] = (((out[keys.ENERGY] - targets[keys.ENERGY]) / n_atoms)[m] ** 2).mean()
     if atom_mask_f.any():
-        parts["forces"] = ((out[keys.FORCES] - targets[keys.FORCES])[atom_mask_f] ** 2).mean()
+        diff = (out[keys.FORCES] - targets[keys.FORCES])[atom_mask_f]
+        delta = weights.force_huber_eV_per_A
+        parts["forces"] = (diff**2).mean() if delta is None else 2 * nn_functional.huber_loss(
+            diff, torch.zeros_like(diff), delta=delta)
     if want_stress:
         m = targets[keys.STRESS + "_mask"]
         volume = graph.volumes().clamp_min(1e-9)

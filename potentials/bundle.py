@@ -1,0 +1,82 @@
+"""Package a trained model inside ``potentials/pretrained/<name>/`` with its config, data manifest and metrics.
+
+    python -m potentials.bundle RUN_DIR NAME [--transfer DATA_DIR]
+
+Copies ``RUN_DIR/best.pt`` (the EMA weights) to ``model.pt`` and writes ``config.json`` (architecture),
+``manifest.json`` (the data the model saw: files with sha256, frame counts by split and config type, data hash,
+split rule) and ``metrics.json`` (validation/test errors, training time, and the transfer set's errors if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from mlmd.checkpoint import read_checkpoint
+from mlmd.io import atomic_write_text
+
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None) -> Path:
+    from mlmd.checkpoint import load_potential
+    from mlmd.data import make_sample, read_frames
+    from potentials.training import evaluate_samples, split_of
+
+    run_dir = Path(run_dir)
+    payload = read_checkpoint(run_dir / "best.pt")
+    meta = payload["metadata"]
+    target = PRETRAINED / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "best.pt", target / "model.pt")
+    atomic_write_text(target / "config.json", json.dumps({"model_type": payload["model_type"], **payload["config"]}, indent=2))
+
+    files = []
+    for entry in meta.get("data", []):
+        path = Path(entry)
+        for f in sorted(path.iterdir()) if path.is_dir() else [path]:
+            if f.name.endswith((".xyz", ".extxyz", ".gz", ".db")):
+                files.append({"path": str(f), "sha256": _sha256(f)})
+    frames = read_frames(meta.get("data", []))
+    counts = collections.Counter((split_of(a) or "unsplit", str(a.info.get("config_type", "default"))) for a in frames)
+    manifest = {"data_hash": meta.get("data_hash"), "files": files, "n_frames": len(frames),
+                "split_rule": f"per-cluster info key {meta.get('split_key')!r}" if meta.get("split_key") else "seeded random",
+                "split_seed": meta.get("split_seed"),
+                "frames_by_split_and_config_type": {f"{s}/{c}": n for (s, c), n in sorted(counts.items())},
+                "reference": "GFN2-xTB (tblite)", "train_config": meta.get("train_config")}
+    atomic_write_text(target / "manifest.json", json.dumps(manifest, indent=2))
+
+    metrics = {"valid": meta.get("metrics", {}).get("valid"), "test": meta.get("metrics", {}).get("test"),
+               "train_time_s": meta.get("train_time_s"), "epochs": meta.get("epochs")}
+    model = load_potential(target / "model.pt")
+    metrics["n_parameters"] = sum(p.numel() for p in model.parameters())
+    test = [make_sample(a, model.cutoff, model.species) for a in frames if split_of(a) == "test"]
+    if test:
+        metrics["test"] = evaluate_samples(model, test)
+    if transfer is not None and Path(transfer).exists():
+        transfer_frames = read_frames(transfer)
+        metrics["transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer_frames])
+        metrics["transfer"]["solvents"] = sorted({str(a.info.get("composition", "")) for a in transfer_frames})[:50]
+    atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("name")
+    parser.add_argument("--transfer", default=None)
+    args = parser.parse_args()
+    print(bundle(args.run_dir, args.name, args.transfer))
+
+
+if __name__ == "__main__":
+    main()
