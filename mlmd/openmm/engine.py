@@ -355,6 +355,8 @@ def run_openmm_md(
                 raise
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise trip(Trip("calculator", f"the force evaluation failed ({type(exc).__name__}: {detail})"), step) from exc
+        finally:
+            compute.want_stress = False
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * ANGSTROM_PER_NM
         velocities = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond))
         forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))

@@ -20,8 +20,9 @@ State at every evaluation, so barostats work); a topology without them is a clus
 ``periodic=True`` — or a model whose metadata says ``"requires_pbc": true`` — with a box-less topology is an
 error; ``periodic=False`` with a box is an error too (the ML atoms would see no images).
 
-Every bad input is rejected when the System is created, with a one-line :class:`mlmd.errors.MLMDError`:
-an unknown model name (:class:`InputError`), an element the model does not know
+Every bad input is rejected before any simulation step, with a one-line :class:`mlmd.errors.MLMDError`: an unknown
+model name or a bundled model that is not installed (:class:`InputError`, already at ``MLPotential(...)``); at System
+creation an element the model does not know
 (:class:`mlmd.errors.UnknownElementError`), an atom without element, an empty / out-of-range / repeated ML subset
 (:class:`SubsetError`), a periodicity mismatch (:class:`PeriodicityError`), an unknown option (:class:`ConfigError`).
 
