@@ -37,6 +37,7 @@ def test_tiny_training_run_lowers_loss_and_resumes(tmp_path):
     data = labelled_clusters(tmp_path / "data.xyz")
     cfg = load_train_config(None, {"data": [str(data)], "output": str(tmp_path / "run"), "model": TINY_MODEL,
                                    "epochs": 16, "batch_size": 4, "lr": 5e-3, "warmup_steps": 2, "ema_decay": 0.5,
+                                   "weights": {"force_huber_eV_per_A": None},
                                    "split": [0.7, 0.15, 0.15]})
     result = train(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
