@@ -298,34 +298,32 @@ def run_openmm_md(
             barostat.setFrequency(BAROSTAT_FREQUENCY - start % BAROSTAT_FREQUENCY)
     else:
         start, start_time = 0, 0.0
-        context.setPositions(atoms.positions * NM_PER_ANGSTROM)
-        if atoms.pbc.any():
-            context.setPeriodicBoxVectors(*(atoms.cell.array * NM_PER_ANGSTROM))
-        has_momenta = atoms.has("momenta") and np.any(atoms.get_momenta() != 0)
-        mode = config.initial_velocities
-        if mode == "keep" or (mode == "auto" and has_momenta):
-            momenta = atoms.get_momenta()
-            if not np.all(np.isfinite(momenta)):
-                raise InputError("structure carries non-finite momenta; fix them or set initial_velocities: maxwell")
-            # amu Å / ASE time -> Å / ASE time -> Å/fs (1 fs = ASE_FS ASE time units) -> nm/ps
-            context.setVelocities(momenta / masses[:, None] * ASE_FS * NM_PER_ANGSTROM * FS_PER_PS)
-        elif config.temperature_K is not None:
-            context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, _seed(config, 2))
-        elif mode == "maxwell":
-            raise ConfigError("initial_velocities 'maxwell' needs temperature_K (a positive number in K)")
-        if len(atoms) > 1:  # the CMMotionRemover would take the centre-of-mass motion out at the first step
-            v = np.asarray(context.getState(getVelocities=True).getVelocities(asNumpy=True)
-                           .value_in_unit(unit.nanometer / unit.picosecond))
-            context.setVelocities(v - (masses[:, None] * v).sum(axis=0) / masses.sum())
-        if name == "openmm-verlet":
-            # OpenMM's Verlet is leapfrog: its velocities live at t - dt/2 and it reports the kinetic energy of
-            # v + dt/2 F/m. Shift the start velocities back so step 0 has exactly the chosen velocities (this is
-            # velocity Verlet from them) and the conserved-energy log has no jump at step 0.
-            state = context.getState(getVelocities=True, getForces=True)
-            v = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond))
-            f = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-            dt_ps = config.timestep_fs / FS_PER_PS
-            context.setVelocities(v - 0.5 * dt_ps * f / masses[:, None])  # kJ/mol/nm / amu * ps = nm/ps
+        try:
+            context.setPositions(atoms.positions * NM_PER_ANGSTROM)
+            if atoms.pbc.any():
+                context.setPeriodicBoxVectors(*(atoms.cell.array * NM_PER_ANGSTROM))
+            has_momenta = atoms.has("momenta") and np.any(atoms.get_momenta() != 0)
+            mode = config.initial_velocities
+            if mode == "keep" or (mode == "auto" and has_momenta):
+                momenta = atoms.get_momenta()
+                if not np.all(np.isfinite(momenta)):
+                    raise InputError("structure carries non-finite momenta; fix them or set initial_velocities: maxwell")
+                # amu Å / ASE time -> Å / ASE time -> Å/fs (1 fs = ASE_FS ASE time units) -> nm/ps
+                context.setVelocities(momenta / masses[:, None] * ASE_FS * NM_PER_ANGSTROM * FS_PER_PS)
+            elif config.temperature_K is not None:
+                context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, _seed(config, 2))
+            elif mode == "maxwell":
+                raise ConfigError("initial_velocities 'maxwell' needs temperature_K (a positive number in K)")
+            if len(atoms) > 1:  # the CMMotionRemover would take the centre-of-mass motion out at the first step
+                v = np.asarray(context.getState(getVelocities=True).getVelocities(asNumpy=True)
+                               .value_in_unit(unit.nanometer / unit.picosecond))
+                context.setVelocities(v - (masses[:, None] * v).sum(axis=0) / masses.sum())
+        except Exception as exc:
+            if isinstance(exc, MLMDError):
+                raise
+            if isinstance(compute.last_error, MLMDError):  # the model rejected the input (e.g. atoms too close)
+                raise compute.last_error from None
+            raise
 
     end = config.steps
     dt = config.timestep_fs
@@ -351,8 +349,8 @@ def run_openmm_md(
             state = context.getState(getPositions=True, getVelocities=True, getForces=True, getEnergy=True,
                                      enforcePeriodicBox=False)
         except Exception as exc:
-            if initial and isinstance(exc, MLMDError):
-                raise
+            if initial and isinstance(compute.last_error, MLMDError):  # bad input, e.g. atoms too close
+                raise compute.last_error from None
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise trip(Trip("calculator", f"the force evaluation failed ({type(exc).__name__}: {detail})"), step) from exc
         finally:
@@ -413,6 +411,21 @@ def run_openmm_md(
     def save_ckpt(step: int, time_fs: float) -> None:
         _save_checkpoint(workdir / CHECKPOINT, chk=context.createCheckpoint(), step=step, time_fs=time_fs,
                          integrator=name, platform=platform, numbers=atoms.numbers, config=config)
+
+    if chk is None and name == "openmm-verlet":
+        # OpenMM's Verlet is leapfrog: its velocities live at t - dt/2 and it reports the kinetic energy of
+        # v + dt/2 F/m. Shift the start velocities back so step 0 has exactly the chosen velocities (this is
+        # velocity Verlet from them) and the conserved-energy log has no jump at step 0.
+        try:
+            state = context.getState(getVelocities=True, getForces=True)
+        except Exception as exc:
+            if isinstance(compute.last_error, MLMDError):  # bad input, e.g. atoms too close
+                raise compute.last_error from None
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise trip(Trip("calculator", f"the force evaluation failed ({type(exc).__name__}: {detail})"), 0) from exc
+        v = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond))
+        f = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+        context.setVelocities(v - 0.5 * dt / FS_PER_PS * f / masses[:, None])  # kJ/mol/nm / amu * ps = nm/ps
 
     # The first evaluation (and its guard check) happens before anything is written.
     frame, row, state, spread = observe(start, start_time, want_pressure, initial=True)

@@ -137,6 +137,7 @@ class MLMDForceCompute:
         self.last_results: dict[str, Any] = {}
         self.n_evaluations = 0
         self.want_stress = False
+        self.last_error: Exception | None = None  # the exception of the last failed evaluation
         self._max_forces_std = float("nan")
         _COMPUTES[self.name] = self
 
@@ -215,7 +216,11 @@ class MLMDForceCompute:
         if self.spec["periodic"]:
             cell = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
             cell = cell * ANGSTROM_PER_NM
-        results = self.evaluate(positions, cell)
+        try:
+            results = self.evaluate(positions, cell)
+        except Exception as exc:  # OpenMM re-raises it as an OpenMMException with the message only
+            self.last_error = exc
+            raise
         energy = results["energy"] * KJ_PER_MOL_PER_EV
         forces = results["forces"] * (KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM)
         return energy, forces

@@ -455,6 +455,19 @@ def test_force_spread_reporter_in_a_plain_openmm_simulation(model_path, tmp_path
     assert spread[0, 0] == 5 and (np.diff(spread[:, 1]) > 0).all() and spread[-1, 1] > 0.5 >= spread[-2, 1]
 
 
+@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
+def test_engine_reports_the_model_s_input_error_at_the_start_and_writes_nothing(model_path, tmp_path, ensemble):
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = water_cluster(2)
+    atoms.positions[4] = atoms.positions[0] + [0.45, 0, 0]  # the guard allows 0.3 Å, the model rejects < 0.5 Å
+    cfg = {"ensemble": ensemble, "temperature_K": 100, "steps": 10, "guards": {"min_distance_A": 0.3}}
+    with pytest.raises(InputError) as err:
+        run_openmm_md(atoms, str(model_path), cfg, tmp_path / "run")
+    assert str(err.value) == "atoms 0 and 4 are 0.450 Å apart; atoms closer than 0.5 Å are rejected"
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_engine_openmm(model_path, tmp_path, capsys):
     import ase.io
 
