@@ -139,9 +139,10 @@ def _to_openmm_frame(atoms: Atoms) -> Atoms:
 
 
 def _save_checkpoint(path: Path, *, chk: bytes, step: int, time_fs: float, integrator: str, platform: str,
-                     numbers: np.ndarray, config: MDConfig) -> None:
+                     numbers: np.ndarray, config: MDConfig, total_charge: float) -> None:
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step), "time_fs": float(time_fs),
-            "integrator": integrator, "platform": platform, "config": config.model_dump(mode="json")}
+            "integrator": integrator, "platform": platform, "total_charge": float(total_charge),
+            "config": config.model_dump(mode="json")}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, meta=np.array(json.dumps(meta)), numbers=np.asarray(numbers, dtype=np.int64),
@@ -267,6 +268,8 @@ def run_openmm_md(
     check_structure(atoms, guards.min_distance_A)
     atoms = _to_openmm_frame(atoms)
     total_charge = total_charge_of(atoms)
+    if meta is not None and "total_charge" in meta and keys.TOTAL_CHARGE not in atoms.info:
+        total_charge = float(meta["total_charge"])  # e.g. restarted from the run's own trajectory frame
     topology = topology_from_atoms(atoms)
     potential = MLPotential("mlmd", model=model, dtype=dtype, device=device, skin=skin)
     system = potential.createSystem(topology, total_charge=int(total_charge))
@@ -410,7 +413,8 @@ def run_openmm_md(
 
     def save_ckpt(step: int, time_fs: float) -> None:
         _save_checkpoint(workdir / CHECKPOINT, chk=context.createCheckpoint(), step=step, time_fs=time_fs,
-                         integrator=name, platform=platform, numbers=atoms.numbers, config=config)
+                         integrator=name, platform=platform, numbers=atoms.numbers, config=config,
+                         total_charge=total_charge)
 
     if chk is None and name == "openmm-verlet":
         # OpenMM's Verlet is leapfrog: its velocities live at t - dt/2 and it reports the kinetic energy of

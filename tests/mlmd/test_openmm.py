@@ -482,6 +482,9 @@ def test_cli_engine_openmm(model_path, tmp_path, capsys):
     rc = main(["md", str(tmp_path / "w.extxyz"), "--model", str(model_path), "--engine", "openmm", "--steps", "20",
                "--out", str(tmp_path / "run"), "--no-progress", "--restart"])
     assert rc in (0, None) and "md: steps 10 -> 20" in capsys.readouterr().out
+    rc = main(["md", "--model", str(model_path), "--engine", "openmm", "--steps", "30", "--out", str(tmp_path / "run"),
+               "--no-progress", "--restart"])  # the structure from the run's own trajectory
+    assert rc in (0, None) and "md: steps 20 -> 30" in capsys.readouterr().out
     rc = main(["md", str(tmp_path / "w.extxyz"), "--calculator", "ase.calculators.emt:EMT", "--engine", "openmm",
                "--out", str(tmp_path / "r2")])
     assert rc == 2 and capsys.readouterr().err == (
