@@ -4,10 +4,10 @@ An untrained (random) network gives nearly zero, random forces, so an MD box of 
 atoms collide (< 0.5 Å) within a few dozen steps and the barostat chases an ideal-gas pressure. For tests of the
 *workflow* (and the demo's fallback) the ML potential is summed with a tiny classical force field:
 
-- bonds: harmonic springs (k = 20 eV/Å²) between atoms of the same molecule closer than 1.45 × the sum of their
-  covalent radii at the first call, rest length = that sum;
-- intramolecular non-bonded pairs and all intermolecular pairs: a shifted Lennard-Jones term (ε = 5 meV, σ = 2.6 Å,
-  cutoff 5 Å; σ = 1.6 Å for pairs with Li).
+- an elastic network within each molecule: harmonic springs between atoms of the same molecule closer than 3 Å at
+  the first call, rest length = their distance then (a fresh box starts unstrained); k = 20 eV/Å² for bonded pairs
+  (closer than 1.45 × the sum of covalent radii), 3 eV/Å² for the others (angles);
+- intermolecular pairs: a shifted Lennard-Jones term (ε = 5 meV, σ = 2.4 Å, cutoff 5 Å; σ = 1.6 Å with Li).
 
 Numbers from it are meaningless; they only show that the workflow runs. Use as ``calculator:
 "workflows.screening.placeholder:calculator"`` in a spec.
@@ -22,58 +22,56 @@ from ase.neighborlist import neighbor_list
 
 
 class ClassicalRestraints(Calculator):
-    """Bonds within molecules (``mol_id``) plus a shifted Lennard-Jones term; energy, forces, stress."""
+    """An elastic network within molecules (``mol_id``) plus intermolecular shifted Lennard-Jones; energy, forces,
+    stress."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, k_bond: float = 20.0, epsilon: float = 0.005, sigma: float = 2.6, sigma_li: float = 1.6,
-                 cutoff: float = 5.0, **kwargs):
+    def __init__(self, k_bond: float = 20.0, k_network: float = 3.0, network_cutoff: float = 3.0,
+                 epsilon: float = 0.005, sigma: float = 2.4, sigma_li: float = 1.6, cutoff: float = 5.0, **kwargs):
         super().__init__(**kwargs)
-        self.k_bond, self.epsilon, self.sigma, self.sigma_li, self.rc = k_bond, epsilon, sigma, sigma_li, cutoff
-        self._bonds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.k_bond, self.k_network, self.network_cutoff = k_bond, k_network, network_cutoff
+        self.epsilon, self.sigma, self.sigma_li, self.rc = epsilon, sigma, sigma_li, cutoff
+        self._springs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _bond_list(self, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._bonds is None or self._bonds[0].max(initial=-1) >= len(atoms):
+    def _spring_list(self, atoms):
+        if self._springs is None or self._springs[0].max(initial=-1) >= len(atoms):
             mol = atoms.arrays.get("mol_id", np.arange(len(atoms)))
-            i, j, d = neighbor_list("ijd", atoms, 2.0)
+            i, j, d = neighbor_list("ijd", atoms, self.network_cutoff)
+            keep = (i < j) & (mol[i] == mol[j])
+            i, j, d = i[keep], j[keep], d[keep]
             r0 = covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]
-            keep = (i < j) & (mol[i] == mol[j]) & (d < 1.45 * r0)
-            self._bonds = (i[keep], j[keep], r0[keep])
-        return self._bonds
+            k = np.where(d < 1.45 * r0, self.k_bond, self.k_network)
+            self._springs = (i, j, d, k)                    # rest length: the geometry at the first call
+        return self._springs
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         n = len(atoms)
+        mol = atoms.arrays.get("mol_id", np.arange(n))
         forces = np.zeros((n, 3))
         virial = np.zeros((3, 3))
         energy = 0.0
-        bi, bj, r0 = self._bond_list(atoms)
-        bonded = set(zip(bi.tolist(), bj.tolist()))
         i, j, d, vec = neighbor_list("ijdD", atoms, self.rc)
-        half = i < j
-        i, j, d, vec = i[half], j[half], d[half], vec[half]
-        # Lennard-Jones on all non-bonded pairs (shifted to zero at the cutoff).
-        nb = np.array([(a, b) not in bonded for a, b in zip(i.tolist(), j.tolist())], dtype=bool) if len(i) else \
-            np.zeros(0, bool)
+        inter = (i < j) & (mol[i] != mol[j])
+        i, j, d, vec = i[inter], j[inter], d[inter], vec[inter]
         li = (atoms.numbers[i] == 3) | (atoms.numbers[j] == 3)
-        sig = np.where(li, self.sigma_li, self.sigma)[nb]
-        dd, vv, ii, jj = d[nb], vec[nb], i[nb], j[nb]
-        sr6 = (sig / dd) ** 6
+        sig = np.where(li, self.sigma_li, self.sigma)
+        sr6 = (sig / d) ** 6
         src6 = (sig / self.rc) ** 6
         energy += float(np.sum(4 * self.epsilon * (sr6 * sr6 - sr6 - (src6 * src6 - src6))))
-        dedr = 4 * self.epsilon * (-12 * sr6 * sr6 + 6 * sr6) / dd
-        self._accumulate(forces, virial, ii, jj, vv, dd, dedr)
-        # Bonds (minimum-image vectors from a fresh short list).
-        if len(bi):
-            bi2, bj2, bd, bvec = neighbor_list("ijdD", atoms, 2.5)
-            lookup = {(a, b): k for k, (a, b) in enumerate(zip(bi2.tolist(), bj2.tolist()))}
-            idx = np.array([lookup.get((a, b), -1) for a, b in zip(bi.tolist(), bj.tolist())])
+        self._accumulate(forces, virial, i, j, vec, d, 4 * self.epsilon * (-12 * sr6 * sr6 + 6 * sr6) / d)
+        si, sj, r0, k = self._spring_list(atoms)
+        if len(si):
+            bi, bj, bd, bvec = neighbor_list("ijdD", atoms, self.network_cutoff + 1.0)
+            lookup = {(a, b): m for m, (a, b) in enumerate(zip(bi.tolist(), bj.tolist()))}
+            idx = np.array([lookup.get((a, b), -1) for a, b in zip(si.tolist(), sj.tolist())])
             ok = idx >= 0
             dist, vecs = bd[idx[ok]], bvec[idx[ok]]
             stretch = dist - r0[ok]
-            energy += float(0.5 * self.k_bond * np.sum(stretch ** 2))
-            self._accumulate(forces, virial, bi[ok], bj[ok], vecs, dist, self.k_bond * stretch)
+            energy += float(0.5 * np.sum(k[ok] * stretch ** 2))
+            self._accumulate(forces, virial, si[ok], sj[ok], vecs, dist, k[ok] * stretch)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if atoms.pbc.all():
             stress = virial / atoms.get_volume()
