@@ -222,10 +222,8 @@ def run_openmm_md(
     """
     import openmm
     from openmm import app, unit
-    from openmmml import MLPotential
-
     from mlmd.md.engine import MDResult
-    from mlmd.openmm.plugin import find_compute
+    from mlmd.openmm.plugin import find_compute, mlpotential
     from mlmd.openmm.topology import topology_from_atoms
 
     if config is None:
@@ -271,7 +269,7 @@ def run_openmm_md(
     if meta is not None and "total_charge" in meta and keys.TOTAL_CHARGE not in atoms.info:
         total_charge = float(meta["total_charge"])  # e.g. restarted from the run's own trajectory frame
     topology = topology_from_atoms(atoms)
-    potential = MLPotential("mlmd", model=model, dtype=dtype, device=device, skin=skin)
+    potential = mlpotential(model=model, dtype=dtype, device=device, skin=skin)
     system = potential.createSystem(topology, total_charge=int(total_charge))
     for k, mass in enumerate(atoms.get_masses()):
         system.setParticleMass(k, float(mass))

@@ -226,6 +226,14 @@ class MLMDForceCompute:
         return energy, forces
 
 
+def mlpotential(**options: Any):
+    """``openmmml.MLPotential("mlmd", **options)``, registering the factory first if the entry point was not seen
+    (stale package metadata on ``sys.path``, e.g. an old ``mlmd.egg-info`` in a source checkout)."""
+    if "mlmd" not in MLPotential._implFactories:
+        MLPotential.registerImplFactory("mlmd", MLMDPotentialImplFactory())
+    return MLPotential("mlmd", **options)
+
+
 def find_compute(system) -> MLMDForceCompute | None:
     """The :class:`MLMDForceCompute` of the first mlmd force in ``system`` (None if it has none)."""
     for force in system.getForces():

@@ -35,9 +35,11 @@ def model_path(tmp_path_factory):
 
 
 def _mlpotential(**kwargs):
-    from openmmml import MLPotential
+    # MLPotential("mlmd", ...), robust to stale package metadata in this process; discovery itself is tested from
+    # a clean interpreter below.
+    from mlmd.openmm.plugin import mlpotential
 
-    return MLPotential("mlmd", **kwargs)
+    return mlpotential(**kwargs)
 
 
 def _context(system, topology, positions_nm):
