@@ -104,7 +104,7 @@ def _cluster(atoms, n_molecules: int):
 def agreement(atoms, model_path: str) -> dict:
     import openmm
     from openmm import unit
-    from openmmml import MLPotential
+    from mlmd.openmm.plugin import mlpotential
 
     from mlmd.calculator import MLMDCalculator
     from mlmd.openmm.topology import openmm_positions, reduced_box, topology_from_atoms
@@ -114,7 +114,7 @@ def agreement(atoms, model_path: str) -> dict:
     atoms.calc = MLMDCalculator(model_path, dtype="float64")
     ref_e, ref_f = atoms.get_potential_energy(), atoms.get_forces()
     topology = topology_from_atoms(atoms)
-    system = MLPotential("mlmd", model=model_path, dtype="float64").createSystem(topology)
+    system = mlpotential(model=model_path, dtype="float64").createSystem(topology)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     if topology.getPeriodicBoxVectors() is not None:
         context.setPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
@@ -138,12 +138,12 @@ def agreement(atoms, model_path: str) -> dict:
 def overhead_bare(atoms, model_path: str, steps: int, timer: _Timer, platform: str) -> dict:
     import openmm
     from openmm import app, unit
-    from openmmml import MLPotential
+    from mlmd.openmm.plugin import mlpotential
 
     from mlmd.openmm.topology import openmm_positions, topology_from_atoms
 
     topology = topology_from_atoms(atoms)
-    system = MLPotential("mlmd", model=model_path, dtype="float32").createSystem(topology)
+    system = mlpotential(model=model_path, dtype="float32").createSystem(topology)
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 10 / unit.picosecond, 0.0005 * unit.picosecond)
     simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform),
                                 {"Threads": "1"} if platform == "CPU" else {})
