@@ -26,6 +26,9 @@ creation an element the model does not know
 (:class:`mlmd.errors.UnknownElementError`), an atom without element, an empty / out-of-range / repeated ML subset
 (:class:`SubsetError`), a periodicity mismatch (:class:`PeriodicityError`), an unknown option (:class:`ConfigError`).
 
+Molecules: the topology's bonds among the ML atoms go into a zero-strength ``HarmonicBondForce``, so OpenMM's Monte
+Carlo barostats scale whole molecules (a PythonForce declares no bonds). It adds no energy.
+
 Uncertainty: when the model returns ``forces_std`` (posterior / ensemble wrappers), each evaluation records it;
 :func:`find_compute` returns the force's :class:`MLMDForceCompute`, whose ``last_results`` and
 :meth:`MLMDForceCompute.take_max_forces_std` give reporters and guards the spread at every step
@@ -371,4 +374,27 @@ class MLMDPotentialImpl(MLPotentialImpl):
             force.setParticles(subset)
         system.addForce(force)
         self.last_compute = compute
+        _add_molecule_bonds(topology, system, subset, forceGroup)
+
+
+def _add_molecule_bonds(topology, system, subset: list[int] | None, force_group: int) -> None:
+    """A zero-strength HarmonicBondForce over the topology's bonds among the ML atoms.
+
+    OpenMM finds molecules from bonded forces; a PythonForce declares none, so without this a Monte Carlo barostat
+    would scale every atom's position separately (stretching covalent bonds on every volume move) instead of
+    moving whole molecules. The force adds no energy.
+    """
+    import openmm
+
+    chosen = None if subset is None else set(subset)
+    bonds = [(a.index, b.index) for a, b in topology.bonds()
+             if chosen is None or (a.index in chosen and b.index in chosen)]
+    if not bonds:
+        return
+    force = openmm.HarmonicBondForce()
+    force.setName(FORCE_NAME_PREFIX + "molecules")
+    force.setForceGroup(force_group)
+    for a, b in bonds:
+        force.addBond(a, b, 0.1, 0.0)
+    system.addForce(force)
 

@@ -101,6 +101,17 @@ def test_positions_from_openmm_are_not_reevaluated_between_steps(model_path):
     assert compute.n_evaluations == 3
 
 
+def test_molecules_are_known_to_openmm_so_barostats_scale_whole_molecules(model_path):
+    atoms = _electrolyte_like()
+    topology = topology_from_atoms(atoms)
+    system = _mlpotential(model=str(model_path), dtype="float64").createSystem(topology)
+    context = _context(system, topology, openmm_positions(atoms))
+    assert sorted(len(m) for m in context.getMolecules()) == [1, 4, 10, 10]
+    bonds = next(f for f in system.getForces() if isinstance(f, openmm.HarmonicBondForce))
+    stiffness = [bonds.getBondParameters(k)[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) for k in range(21)]
+    assert bonds.getNumBonds() == 21 and not any(stiffness)
+
+
 def test_system_with_the_mlmd_force_survives_xml_serialisation(model_path):
     atoms = water_cluster(2)
     topology = topology_from_atoms(atoms)
