@@ -402,6 +402,34 @@ def test_openmm_restart_from_its_checkpoint_continues_the_same_trajectory(model_
         run_openmm_md(atoms, str(model_path), cfg, tmp_path / "split")
 
 
+def test_openmm_restart_after_a_crash_cuts_the_outputs_back_to_the_checkpoint(model_path, tmp_path):
+    import shutil
+
+    import mdtraj
+
+    from mlmd.openmm.engine import run_openmm_md
+
+    atoms = water_cluster(3)
+    cfg = {"ensemble": "nvt", "temperature_K": 100, "steps": 60, "timestep_fs": 0.25, "log_interval": 10,
+           "trajectory_interval": 10, "checkpoint_interval": 30}
+    run_openmm_md(atoms, str(model_path), cfg, tmp_path / "full", dtype="float64")
+    run = tmp_path / "crashed"
+    run_openmm_md(atoms, str(model_path), dict(cfg, steps=30), run, dtype="float64")
+    shutil.copy(run / "openmm_checkpoint.npz", tmp_path / "step30.npz")
+    run_openmm_md(atoms, str(model_path), dict(cfg, steps=50), run, dtype="float64", restart=True)
+    shutil.copy(tmp_path / "step30.npz", run / "openmm_checkpoint.npz")  # a crash after step 50, before its checkpoint
+    (run / "result.json").unlink()
+    run_openmm_md(atoms, str(model_path), cfg, run, dtype="float64", restart=True)
+    a, b = _read_rows(tmp_path / "full" / "thermo.csv"), _read_rows(run / "thermo.csv")
+    assert b["step"].tolist() == list(range(0, 61, 10))
+    assert np.allclose(a["epot_eV"], b["epot_eV"], rtol=1e-9, atol=0)
+    state_steps = [line.split(",")[0] for line in (run / "openmm_state.csv").read_text().splitlines()[1:]]
+    assert state_steps == [str(k) for k in range(0, 61, 10)]
+    full = mdtraj.load(str(tmp_path / "full" / "trajectory.dcd"), top=str(tmp_path / "full" / "topology.pdb"))
+    split = mdtraj.load(str(run / "trajectory.dcd"), top=str(run / "topology.pdb"))
+    assert split.n_frames == full.n_frames == 7 and np.abs(split.xyz - full.xyz).max() < 1e-6
+
+
 class _FakeEnsemble(torch.nn.Module):
     """A 'posterior' whose force spread grows with the distance the atoms moved from the start (Å)."""
 
