@@ -90,7 +90,7 @@ def test_interrupted_stage_resumes_from_its_checkpoint(model, tmp_path, monkeypa
 
         def calculate(*a, **k):
             calls[0] += 1
-            if calls[0] > 40:                     # minimise + equilibration pass, density production dies
+            if calls[0] > 30:                     # minimise + equilibration pass, density production dies
                 raise KeyboardInterrupt
             return original(*a, **k)
 

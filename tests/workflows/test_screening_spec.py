@@ -144,3 +144,14 @@ def test_unknown_key_and_engine(model, tmp_path, capsys):
     rc, err = run_cli([str(spec), "--db", str(tmp_path / "x.db")], capsys)
     assert rc == 2 and err == f"error: {spec}: formulation 'F': engine = 'gromacs' is not accepted; input should be " \
                               "'ase' or 'openmm'\n"
+
+
+def test_example_spec_validates():
+    from pathlib import Path
+
+    from workflows.screening.composition import plan_formulation
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "workflows" / "screening" / "example.yaml")
+    plans = [plan_formulation(f) for f in spec.formulations]
+    assert [p.name for p in plans] == ["LiPF6-EC-DMC", "LiFSI-DME", "LiTFSI-DOL-DME", "LiPF6-generated"]
+    assert all(p.n_salt == 4 and 550 < p.n_atoms < 650 for p in plans)
