@@ -473,6 +473,28 @@ def test_force_spread_is_exposed_per_step_and_guarded(model_path, tmp_path):
     assert spread[0, 1] < 1e-12 and (np.diff(spread[:, 1]) > 0).all() and spread[-1, 1] <= 0.5
 
 
+def test_ensemble_checkpoint_spread_reaches_the_openmm_engine(tmp_path):
+    from potentials.ensemble import EnsemblePotential
+
+    from mlmd.openmm.engine import run_openmm_md
+
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        members.append(BambooPotential(SMALL))
+    path = save_checkpoint(EnsemblePotential.from_members(members), tmp_path / "ensemble.pt")
+    atoms = water_cluster(2)
+    atoms.calc = MLMDCalculator(str(path), dtype="float64")
+    atoms.get_forces()
+    expected = np.linalg.norm(atoms.calc.results[keys.FORCES_STD], axis=1).max()
+    cfg = {"ensemble": "nvt", "temperature_K": 100, "steps": 20, "timestep_fs": 0.25, "log_interval": 10,
+           "guards": {"interval": 10}}
+    run_openmm_md(atoms, str(path), cfg, tmp_path / "run", dtype="float64")
+    spread = np.loadtxt(tmp_path / "run" / "openmm_uncertainty.csv", delimiter=",", skiprows=1)
+    assert spread[:, 0].tolist() == [0, 10, 20]
+    assert spread[0, 1] == pytest.approx(expected, rel=1e-5) and (spread[:, 1] > 0).all()
+
+
 def test_force_spread_reporter_in_a_plain_openmm_simulation(model_path, tmp_path):
     from mlmd.checkpoint import load_potential
     from mlmd.errors import SimulationError
