@@ -74,7 +74,7 @@ def _n_batches(n: int, batch_size: int = 1000) -> int:
 
 
 def evaluate_gen(model: CrystalGenerator, refs: list[CrystalRecord], n: int = 1000, steps: int | None = 10, seed: int = 0,
-                 dataset: str = "perov_5", n_cov: int | None = None) -> dict:
+                 dataset: str = "perov_5", n_cov: int | None = None, cutoffs: tuple[float, float] | None = None) -> dict:
     if model.task != "gen":
         raise CheckpointError(f"model is a {model.task!r} model; generation metrics need a 'gen' model")
     model.net.n_calls = 0
@@ -83,7 +83,7 @@ def evaluate_gen(model: CrystalGenerator, refs: list[CrystalRecord], n: int = 10
     wall = time.perf_counter() - t0
     out = {"task": "gen", "method": model.method, "steps": steps, "n_generated": n,
            "network_calls_per_sample": model.net.n_calls // max(_n_batches(n), 1), "sampling_wall_s": round(wall, 3)}
-    out.update(generation_metrics(gen, [r.to_structure() for r in refs], dataset=dataset, n_cov=n_cov))
+    out.update(generation_metrics(gen, [r.to_structure() for r in refs], dataset=dataset, n_cov=n_cov, cutoffs=cutoffs))
     return out
 
 

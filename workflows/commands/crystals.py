@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(1000, "--n", help="crystals to generate (gen task)"),
         limit: Optional[int] = typer.Option(None, "--limit", help="use only the first LIMIT reference crystals"),
         n_cov: Optional[int] = typer.Option(None, "--n-cov", help="crystals used for coverage (default all)"),
+        struct_cutoff: Optional[float] = typer.Option(None, "--struct-cutoff", help="COV structure cutoff (default: the data set's)"),
+        comp_cutoff: Optional[float] = typer.Option(None, "--comp-cutoff", help="COV composition cutoff (default: the data set's)"),
         seed: int = typer.Option(0, "--seed"),
         out: Optional[Path] = typer.Option(None, "--out", help="JSON file (default: stdout)"),
     ) -> None:
@@ -74,11 +76,19 @@ def register(app: typer.Typer) -> None:
             refs, info = splits[split], {"data_source": ds.source, "data_hash": ds.data_hash, "split": split, "n_skipped": ds.n_skipped}
         refs = refs[:limit] if limit else refs
         name = dataset_name(info["data_source"])
+        cutoffs = None
+        if struct_cutoff is not None or comp_cutoff is not None:
+            from generative.metrics import COV_CUTOFFS
+
+            base = COV_CUTOFFS.get(name, (None, None))
+            cutoffs = (struct_cutoff if struct_cutoff is not None else base[0], comp_cutoff if comp_cutoff is not None else base[1])
+            if None in cutoffs:
+                raise InputError(f"data set {name!r} has no default coverage cutoffs; give both --struct-cutoff and --comp-cutoff")
         if model is not None:
             if gen.task == "csp":
                 result = evaluate_csp(gen, refs, steps=steps, k=k, seed=seed)
             else:
-                result = evaluate_gen(gen, refs, n=n, steps=steps, seed=seed, dataset=name, n_cov=n_cov)
+                result = evaluate_gen(gen, refs, n=n, steps=steps, seed=seed, dataset=name, n_cov=n_cov, cutoffs=cutoffs)
             result["model"] = model
         else:
             structs, bad = read_cif_dir(generated)
@@ -88,7 +98,7 @@ def register(app: typer.Typer) -> None:
                     raise InputError(f"{len(structs)} CIFs in {str(generated)!r} but {len(ref_structs)} reference crystals; csp needs one per reference, in order")
                 result = {"task": "csp", **csp_metrics(structs, ref_structs)}
             else:
-                result = {"task": "gen", **generation_metrics(structs, ref_structs, dataset=name, n_cov=n_cov)}
+                result = {"task": "gen", **generation_metrics(structs, ref_structs, dataset=name, n_cov=n_cov, cutoffs=cutoffs)}
             result.update(generated=str(generated), n_unreadable=len(bad), unreadable=bad[:20])
         result.update(info)
         _write_json(out, result)
