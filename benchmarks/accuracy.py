@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--model", default="bamboo-electrolyte")
     parser.add_argument("--data", default=str(ROOT / "data" / "electrolyte"))
     parser.add_argument("--transfer", default=str(ROOT / "data" / "electrolyte_transfer"))
-    parser.add_argument("--mace-minutes", type=float, default=20.0)
+    parser.add_argument("--mace-minutes", type=float, default=20.0, help="CPU minutes of MACE training (0: skip)")
+    parser.add_argument("--mace-result", default=None, help="reuse a JSON line printed by peer_mace_train.py")
+    parser.add_argument("--write-splits", default=None, help="only write train/valid/test extxyz into this folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
     args = parser.parse_args()
@@ -37,16 +39,23 @@ def main() -> None:
     from potentials.training import evaluate_samples, split_of
 
     torch.set_num_threads(args.threads)
-    model = load_potential(args.model)
     frames = read_frames(args.data)
     parts = {name: [a for a in frames if split_of(a) == name] for name in ("train", "valid", "test")}
+    if args.write_splits:
+        for name, part in parts.items():
+            Path(args.write_splits).mkdir(parents=True, exist_ok=True)
+            write(Path(args.write_splits, f"{name}.xyz"), part, format="extxyz")
+        return
+    model = load_potential(args.model)
     report = {"model": args.model, "model_metadata": {k: model.metadata.get(k) for k in ("data_hash", "n_train", "n_valid", "n_test")},
-              "mlmd_train_time_s": (model.metadata.get("train_time_s")),
+              "mlmd_train_wall_s": model.metadata.get("train_time_s"),
               "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]])}
     if Path(args.transfer).exists() and any(Path(args.transfer).glob("*.extxyz*")):
         transfer = read_frames(args.transfer)
         report["mlmd_transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer])
-    if args.mace_minutes > 0:
+    if args.mace_result:
+        report["mace"] = json.loads(Path(args.mace_result).read_text().strip().splitlines()[-1])
+    elif args.mace_minutes > 0:
         from benchmarks.speed import ensure_peer_venv
 
         peer = ensure_peer_venv()
