@@ -110,4 +110,6 @@ class MLMDCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        self.results = self.evaluate(self.atoms, stress="stress" in properties)
+        # Periodic boxes get the stress in the same backward pass: barostats and pressure logs ask for it right
+        # after the forces, and a second call would cost a whole network evaluation.
+        self.results = self.evaluate(self.atoms, stress=True)

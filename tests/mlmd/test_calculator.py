@@ -107,3 +107,16 @@ def test_fifty_steps_of_md_with_the_calculator_and_restart_continuity(model_path
                                   "checkpoint_interval": 25, "log_interval": 5}), tmp_path / "half", restart=True)
     assert half.last_step == 25 and resumed.last_step == 50
     assert np.allclose(resumed.atoms.positions, full.atoms.positions, atol=1e-9)
+
+
+def test_periodic_force_call_also_fills_stress_so_barostats_need_no_second_pass(model_path):
+    atoms = periodic_box()
+    calc = MLMDCalculator(str(model_path))
+    atoms.calc = calc
+    atoms.get_forces()
+    assert "stress" in calc.results
+    calls = []
+    original = calc.model.forward
+    calc.model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    atoms.get_stress()
+    assert calls == []
