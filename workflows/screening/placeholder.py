@@ -18,7 +18,17 @@ from __future__ import annotations
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import covalent_radii
-from ase.neighborlist import neighbor_list
+
+
+def neighbor_list(quantities: str, atoms, cutoff: float):
+    """ASE-style ``neighbor_list`` (full list; quantities from i, j, d, D) computed with vesin (fast)."""
+    import vesin
+
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, d, vec = nl.compute(points=atoms.positions, box=atoms.cell.array, periodic=bool(atoms.pbc.all()),
+                              quantities="ijdD")
+    out = {"i": i.astype(np.int64), "j": j.astype(np.int64), "d": d, "D": vec}
+    return tuple(out[q] for q in quantities)
 
 
 class ClassicalRestraints(Calculator):
@@ -64,14 +74,14 @@ class ClassicalRestraints(Calculator):
         self._accumulate(forces, virial, i, j, vec, d, 4 * self.epsilon * (-12 * sr6 * sr6 + 6 * sr6) / d)
         si, sj, r0, k = self._spring_list(atoms)
         if len(si):
-            bi, bj, bd, bvec = neighbor_list("ijdD", atoms, self.network_cutoff + 1.0)
-            lookup = {(a, b): m for m, (a, b) in enumerate(zip(bi.tolist(), bj.tolist()))}
-            idx = np.array([lookup.get((a, b), -1) for a, b in zip(si.tolist(), sj.tolist())])
-            ok = idx >= 0
-            dist, vecs = bd[idx[ok]], bvec[idx[ok]]
-            stretch = dist - r0[ok]
-            energy += float(0.5 * np.sum(k[ok] * stretch ** 2))
-            self._accumulate(forces, virial, si[ok], sj[ok], vecs, dist, k[ok] * stretch)
+            vecs = atoms.positions[sj] - atoms.positions[si]
+            if atoms.pbc.all():                                     # minimum image (springs < half the box)
+                cell = atoms.cell.array
+                vecs -= np.rint(np.linalg.solve(cell.T, vecs.T).T) @ cell
+            dist = np.linalg.norm(vecs, axis=1)
+            stretch = dist - r0
+            energy += float(0.5 * np.sum(k * stretch ** 2))
+            self._accumulate(forces, virial, si, sj, vecs, dist, k * stretch)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if atoms.pbc.all():
             stress = virial / atoms.get_volume()
