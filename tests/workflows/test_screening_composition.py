@@ -92,3 +92,20 @@ def test_make_whole_and_rigid_rescaling_keep_bonds(info):
     assert atoms.get_volume() == pytest.approx(v0 * 1.05 ** 3)
     d1 = atoms.get_all_distances(mic=False)
     assert np.allclose(d1[same], d0[same], atol=1e-9)   # bonds unchanged
+
+
+def test_solvent_from_an_xyz_file(info, tmp_path):
+    from ase.build import molecule
+    from ase.io import write
+
+    write(tmp_path / "dimethylether.xyz", molecule("CH3OCH3"))
+    p = plan(info, solvents=[{"xyz": str(tmp_path / "dimethylether.xyz"), "density_g_cm3": 0.73}], n_molecules=20)
+    comp = p.components[0]
+    assert comp.label == "dimethyl" and comp.count == 20 and comp.density_source == "spec" and comp.smiles is None
+    atoms = pack_box(p, seed=1)
+    assert len(atoms) == 180 and atoms.get_chemical_formula() == "C40H120O20"
+    write(tmp_path / "bad.xyz", molecule("CH3Cl"))
+    from mlmd.errors import UnknownElementError
+
+    with pytest.raises(UnknownElementError, match="contains element\\(s\\) Cl"):
+        plan(info, solvents=[{"xyz": str(tmp_path / "bad.xyz")}], n_molecules=20)
