@@ -77,6 +77,11 @@ def read_frames(paths: str | Path | Sequence[str | Path], required: Sequence[str
         for key in required:
             if key not in atoms.info and key not in atoms.arrays:
                 raise InputError(f"structure {n} has no {key!r}; the data must carry {', '.join(required)}")
+        if keys.TOTAL_CHARGE not in atoms.info and keys.REF_CHARGES in atoms.arrays:
+            net = float(np.sum(atoms.arrays[keys.REF_CHARGES]))
+            if abs(net) > 0.5:  # a charged cluster whose charge was not recorded would be trained as neutral
+                raise InputError(f"structure {n} has reference charges summing to {net:+.2f} e but no "
+                                 f"{keys.TOTAL_CHARGE!r}; set info['{keys.TOTAL_CHARGE}'] to its integer charge")
     return frames
 
 

@@ -90,3 +90,19 @@ def test_split_follows_per_cluster_labels_else_seeded_random():
     again = _split(frames, TrainConfig(data=["x"], split=(0.5, 0.25, 0.25), seed=3))
     assert [p.tolist() for p in parts] == [p.tolist() for p in again]
     assert sorted(np.concatenate(parts).tolist()) == list(range(6))
+
+
+def test_charged_cluster_without_total_charge_is_rejected(tmp_path):
+    from ase.io import read
+
+    from mlmd.data import read_frames
+
+    data = labelled_clusters(tmp_path / "data.xyz", n=2)
+    frames = read(data, ":")
+    frames[1].arrays[keys.REF_CHARGES] = frames[1].arrays[keys.REF_CHARGES] + 1.0 / len(frames[1])
+    write(tmp_path / "charged.xyz", frames, format="extxyz")
+    with pytest.raises(InputError, match=r"structure 1 has reference charges summing to \+1.00 e but no 'total_charge'"):
+        read_frames(tmp_path / "charged.xyz")
+    frames[1].info[keys.TOTAL_CHARGE] = 1
+    write(tmp_path / "charged.xyz", frames, format="extxyz")
+    assert len(read_frames(tmp_path / "charged.xyz")) == 2
