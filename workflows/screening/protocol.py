@@ -331,7 +331,8 @@ def stage_density(plan: Plan, folder: Path, atoms: Atoms, calc) -> dict[str, Any
         decision = {"steps": target, "density_g_cm3": rho.mean, "sem_g_cm3": rho.sem, "converged": bool(rho.converged),
                     "equilibration_samples_dropped": int(rho.start), "n_samples": int(rho.n_samples)}
         write_status(folder, "density", f"{target} steps: ρ = {rho.mean:.4f} ± {rho.sem:.4f} g/cm³")
-        if rho.sem < p.density_target_sem and rho.n_samples >= 16:
+        # Stop only on a trustworthy error bar: blocking found a plateau (otherwise sem is a lower bound).
+        if rho.sem < p.density_target_sem and rho.converged and rho.n_samples >= 16:
             decision["stopped"] = "standard error below target"
             break
     else:
