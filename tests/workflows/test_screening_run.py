@@ -125,3 +125,19 @@ def test_cli_screen_and_report(model, tmp_path):
     assert out.returncode == 0 and (tmp_path / "r_report" / "report.html").is_file()
     out = subprocess.run([exe, "report", str(tmp_path / "none.db")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not found" in out.stderr
+
+
+def test_openmm_engine_is_a_setting(model, tmp_path):
+    pytest.importorskip("openmm")
+    proto = {**TINY_PROTOCOL, "timestep_fs": 0.25, "replica_steps": 20}
+    data = {k: v for k, v in formulation(model, name="omm", engine="openmm", protocol=proto).items() if k != "calculator"}
+    spec = spec_from_dict({"formulations": [data]})
+    db = tmp_path / "omm.db"
+    result = screen(spec, database=str(db), workers=1, processes=False, progress=False)
+    assert result.counts == {"done": 1}, [j.error for j in result.jobs]
+    folder = result.jobs[0].folder
+    for stage in ("equilibrate", "density", "replicas/r00/prod"):
+        assert (folder / stage / "openmm_checkpoint.npz").is_file() and (folder / stage / "final.extxyz").is_file()
+    row = rows(db)["omm"]
+    assert row.engine == "openmm" and np.isfinite(row.density_g_cm3) and np.isfinite(row.viscosity_mPa_s)
+    assert screen(spec, database=str(db), workers=1, processes=False, progress=False).counts == {"skipped": 1}

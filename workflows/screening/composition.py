@@ -243,6 +243,9 @@ def plan_formulation(f: FormulationSpec, model: ModelInfo | None = None) -> Plan
     rng = np.random.default_rng(f.seed)
     if f.engine != "ase":
         check_engine(f.engine, where)
+        if f.calculator:
+            raise ConfigError(f"{where}calculator {f.calculator!r} runs only with engine: ase (the openmm engine runs "
+                              "the model itself)")
     if f.calculator:
         from workflows.screening.protocol import load_factory
 
@@ -360,19 +363,15 @@ def plan_formulation(f: FormulationSpec, model: ModelInfo | None = None) -> Plan
 
 
 def check_engine(engine: str, where: str = "") -> None:
-    """ConfigError unless ``engine`` can run here ("ase" always; "openmm" needs ``mlmd.openmm.run_md``)."""
+    """ConfigError unless ``engine`` can run here ("ase" always; "openmm" needs openmm and mlmd.openmm.engine)."""
     if engine == "ase":
         return
-    import importlib
-
     try:
-        module = importlib.import_module(f"mlmd.{engine}")
-    except ImportError:
-        raise ConfigError(f"{where}engine {engine!r} is not available in this installation (mlmd.{engine} is missing); "
+        from mlmd.openmm.engine import run_openmm_md  # noqa: F401
+        import openmm  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"{where}engine {engine!r} is not available in this installation ({exc}); "
                           "use engine: ase") from None
-    if not callable(getattr(module, "run_md", None)):
-        raise ConfigError(f"{where}engine {engine!r}: mlmd.{engine} has no run_md(atoms, calculator, config, workdir); "
-                          "use engine: ase")
 
 
 # ------------------------------------------------------------------------------------------ packing

@@ -20,8 +20,10 @@ Every MD stage is an ``mlmd md`` run folder, checkpointed every ``checkpoint_int
 interrupted formulation resumes where it stopped. The deterministic chunk schedule of the density stage
 (min, min + chunk, ...) makes a resumed production take the same decisions as an uninterrupted one.
 
-The MD engine is a setting: ``engine: ase`` uses :func:`mlmd.md.engine.run_md`; ``engine: openmm`` dispatches to
-``mlmd.openmm.run_md`` with the same signature when that package exists.
+The MD engine is a setting: ``engine: ase`` uses :func:`mlmd.md.engine.run_md` (NVT: Bussi; NPT: MTK);
+``engine: openmm`` uses :func:`mlmd.openmm.engine.run_openmm_md` (the model inside OpenMM; NVT/NPT equilibration with
+Langevin, NPT with a Monte Carlo barostat, replicas with a weak Nose-Hoover thermostat). The minimisation is ASE's
+FIRE with the model for both. Each completed run also saves ``final.extxyz`` (engine-agnostic final state).
 """
 
 from __future__ import annotations
@@ -141,15 +143,41 @@ def load_factory(spec: str):
     return factory
 
 
-def run_engine(engine: str, atoms: Atoms, calc, config, workdir: Path, restart: bool, progress=None):
-    """Dispatch one MD run to the engine named in the spec."""
+def run_engine(engine: str, atoms: Atoms, calc, config, workdir: Path, restart: bool, progress=None,
+               plan: Plan | None = None):
+    """Dispatch one MD run to the engine named in the spec (same run-folder layout either way).
+
+    ase: :func:`mlmd.md.engine.run_md` with ``calc``. openmm: :func:`mlmd.openmm.engine.run_openmm_md` with the
+    plan's model inside OpenMM (Reference platform; its checkpoint restarts only there).
+    """
     if engine == "ase":
         from mlmd.md.engine import run_md
-    else:
-        import importlib
 
-        run_md = importlib.import_module(f"mlmd.{engine}").run_md
-    return run_md(atoms, calc, config, workdir, restart=restart, progress=progress)
+        return run_md(atoms, calc, config, workdir, restart=restart, progress=progress)
+    if engine == "openmm":
+        from mlmd.openmm.engine import run_openmm_md
+
+        return run_openmm_md(atoms, plan.model.path, config, workdir, restart=restart, progress=progress,
+                             dtype=plan.formulation.dtype)
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+CHECKPOINT_FILES = {"ase": "checkpoint.npz", "openmm": "openmm_checkpoint.npz"}
+FINAL = "final.extxyz"
+
+
+def checkpoint_step(workdir: Path, engine: str) -> int | None:
+    """Step of the run folder's checkpoint (None without one)."""
+    path = workdir / CHECKPOINT_FILES[engine]
+    if not path.is_file():
+        return None
+    if engine == "openmm":
+        from mlmd.openmm.engine import load_checkpoint
+
+        return int(load_checkpoint(path)[0]["step"])
+    from mlmd.md.io import load_checkpoint
+
+    return int(load_checkpoint(path).step)
 
 
 def _step_reporter(folder: Path, stage: str, label: str, interval_s: float = 2.0):
@@ -172,33 +200,39 @@ def _done_steps(workdir: Path) -> int | None:
         return None
 
 
-def _state_from_checkpoint(template: Atoms, workdir: Path) -> Atoms:
-    from mlmd.md.io import load_checkpoint
-
-    ck = load_checkpoint(workdir / "checkpoint.npz")
+def _final_state(template: Atoms, workdir: Path) -> Atoms:
+    """The final state a completed run folder saved (positions, momenta, cell) on the template's arrays."""
+    frame = _read_atoms(workdir / FINAL)
     atoms = template.copy()
-    atoms.set_cell(ck.cell, scale_atoms=False)
-    atoms.set_positions(ck.positions, apply_constraint=False)
-    atoms.set_momenta(ck.momenta, apply_constraint=False)
+    atoms.set_cell(frame.cell, scale_atoms=False)
+    atoms.set_positions(frame.positions, apply_constraint=False)
+    atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
     return atoms
 
 
-def run_to(workdir: Path, atoms: Atoms, calc, config, engine: str, progress=None) -> Atoms:
+def run_to(workdir: Path, atoms: Atoms, calc, config, engine: str, progress=None, plan: Plan | None = None) -> Atoms:
     """Bring the run folder ``workdir`` to ``config.steps`` total steps: skip, restart or start fresh.
 
-    Returns the final state (positions, momenta, cell; per-atom arrays of ``atoms``).
+    Returns the final state (positions, momenta, cell; per-atom arrays of ``atoms``), which is also saved as
+    ``final.extxyz`` so that a later call can skip the finished run with either engine.
     """
     done = _done_steps(workdir)
-    if done is not None and done == config.steps:
-        return _state_from_checkpoint(atoms, workdir)
-    restart = (workdir / "checkpoint.npz").is_file()
+    if done is not None and done == config.steps and (workdir / FINAL).is_file():
+        final = _read_atoms(workdir / FINAL)
+        if int(final.info.get("step", -1)) == config.steps:
+            return _final_state(atoms, workdir)
+    restart = (workdir / CHECKPOINT_FILES[engine]).is_file()
     if not restart and workdir.exists():
         shutil.rmtree(workdir)            # a run that died before its first checkpoint: start over
-    result = run_engine(engine, atoms, calc, config, workdir, restart, progress)
+    (workdir / FINAL).unlink(missing_ok=True)
+    result = run_engine(engine, atoms, calc, config, workdir, restart, progress, plan)
     out = atoms.copy()
     out.set_cell(result.atoms.cell, scale_atoms=False)
     out.set_positions(result.atoms.positions, apply_constraint=False)
     out.set_momenta(result.atoms.get_momenta(), apply_constraint=False)
+    frame = Atoms(out.numbers, out.positions, cell=out.cell, pbc=out.pbc, momenta=out.get_momenta())
+    frame.info["step"] = int(config.steps)
+    _write_atoms(frame, workdir / FINAL)
     return out
 
 
@@ -209,8 +243,10 @@ def _md_config(plan: Plan, **values):
 
     f = plan.formulation
     p = f.protocol
+    # ase: Bussi (NVT) and MTK Nose-Hoover chains (NPT); openmm has no Bussi: Langevin for equilibration and NPT.
+    thermostat = "bussi" if f.engine == "ase" else "langevin"
     base = dict(timestep_fs=p.timestep_fs, temperature_K=f.temperature_K, pressure_bar=f.pressure_bar,
-                thermostat="bussi", thermostat_time_fs=p.thermostat_time_fs, barostat="mtk_iso",
+                thermostat=thermostat, thermostat_time_fs=p.thermostat_time_fs, barostat="mtk_iso",
                 barostat_time_fs=p.barostat_time_fs, checkpoint_interval=p.checkpoint_interval)
     base.update(values)
     return make_config(base, source=f"formulation {plan.name!r} protocol")
@@ -245,6 +281,8 @@ def replica_configs(plan: Plan, k: int):
                        thermostat_time_fs=p.replica_thermostat_time_fs, initial_velocities="keep")
     if p.replica_ensemble == "nve":
         prod_values["temperature_K"] = plan.formulation.temperature_K
+    elif plan.formulation.engine == "openmm":
+        prod_values["thermostat"] = "nose_hoover"   # the weak global thermostat OpenMM offers
     return equil, _md_config(plan, **prod_values)
 
 
@@ -297,7 +335,7 @@ def stage_equilibrate(plan: Plan, folder: Path, atoms: Atoms, calc) -> Atoms:
     atoms = atoms.copy()
     atoms.set_momenta(np.zeros((len(atoms), 3)))  # Maxwell velocities from the run's seed
     return run_to(folder / "equilibrate", atoms, calc, cfg, plan.formulation.engine,
-                  _step_reporter(folder, "equilibrate", "NPT equilibration"))
+                  _step_reporter(folder, "equilibrate", "NPT equilibration"), plan)
 
 
 def density_series(plan: Plan, folder: Path):
@@ -315,18 +353,14 @@ def stage_density(plan: Plan, folder: Path, atoms: Atoms, calc) -> dict[str, Any
         return read_json(path)
     p = plan.formulation.protocol
     workdir = folder / "density"
-    reached = 0
-    if (workdir / "checkpoint.npz").is_file():
-        from mlmd.md.io import load_checkpoint
-
-        reached = load_checkpoint(workdir / "checkpoint.npz").step
+    reached = checkpoint_step(workdir, plan.formulation.engine) or 0
     state = atoms
     decision: dict[str, Any] = {}
     for target in density_schedule(plan):
         if target < reached:
             continue  # a resumed run: these decisions were taken (and said "go on") before the interruption
         state = run_to(workdir, state, calc, density_config(plan, target), plan.formulation.engine,
-                       _step_reporter(folder, "density", f"NPT production (σ target {p.density_target_sem:g})"))
+                       _step_reporter(folder, "density", f"NPT production (σ target {p.density_target_sem:g})"), plan)
         rho = density_series(plan, folder)
         decision = {"steps": target, "density_g_cm3": rho.mean, "sem_g_cm3": rho.sem, "converged": bool(rho.converged),
                     "equilibration_samples_dropped": int(rho.start), "n_samples": int(rho.n_samples)}
@@ -442,7 +476,7 @@ def run_replica(plan: Plan, folder: Path, k: int) -> dict[str, Any]:
     atoms = start
     if equil.steps > 0:
         atoms = run_to(rdir / "equil", start, calc, equil, plan.formulation.engine,
-                       _step_reporter(folder, "replicas", f"replica {k} equilibration"))
+                       _step_reporter(folder, "replicas", f"replica {k} equilibration"), plan)
     else:
         atoms = atoms.copy()
         from ase.md.velocitydistribution import Stationary
@@ -456,7 +490,7 @@ def run_replica(plan: Plan, folder: Path, k: int) -> dict[str, Any]:
                            rng=np.random.default_rng(replica_seed(plan, k)))
         Stationary(atoms)
     run_to(rdir / "prod", atoms, calc, prod, plan.formulation.engine,
-           _step_reporter(folder, "replicas", f"replica {k} production"))
+           _step_reporter(folder, "replicas", f"replica {k} production"), plan)
     return {"replica": k, "skipped": False}
 
 

@@ -124,12 +124,10 @@ def final_structure(plan: Plan, folder: Path):
     box = read(box_path, format="extxyz")
     runs = list(reversed(protocol.replica_dirs(plan, folder))) + [folder / "density", folder / "equilibrate"]
     for d in runs:
-        if (d / "checkpoint.npz").is_file():
+        if (d / protocol.FINAL).is_file():
             try:
-                atoms = protocol._state_from_checkpoint(box, d)
-                atoms.set_momenta(atoms.get_momenta())
-                return atoms
-            except InputError:
+                return protocol._final_state(box, d)
+            except Exception:  # an unreadable file: fall back to an earlier stage
                 continue
     return box
 
