@@ -141,3 +141,27 @@ def test_openmm_engine_is_a_setting(model, tmp_path):
     row = rows(db)["omm"]
     assert row.engine == "openmm" and np.isfinite(row.density_g_cm3) and np.isfinite(row.viscosity_mPa_s)
     assert screen(spec, database=str(db), workers=1, processes=False, progress=False).counts == {"skipped": 1}
+
+
+def test_ensemble_model_adds_the_epistemic_spread(tmp_path):
+    import torch
+
+    from mlmd.checkpoint import save_checkpoint
+    from potentials.bamboo import BambooPotential
+    from potentials.ensemble import EnsemblePotential
+
+    cfg = {"num_features": 16, "num_rbf": 8, "num_layers": 2, "num_heads": 2}
+    torch.manual_seed(0)
+    path = save_checkpoint(EnsemblePotential.from_members([BambooPotential(cfg), BambooPotential(cfg)]),
+                           tmp_path / "ensemble.pt")
+    assert model_info(str(path)).uncertainty
+    proto = {**TINY_PROTOCOL, "n_replicas": 0}
+    spec = spec_from_dict({"formulations": [formulation(path, name="ens", protocol=proto)]})
+    db = tmp_path / "e.db"
+    assert screen(spec, database=str(db), workers=1, processes=False, progress=False).counts == {"done": 1}
+    row = rows(db)["ens"]
+    for key in ("epistemic_energy_eV_atom", "epistemic_forces_eV_A", "epistemic_pressure_bar", "epistemic_density_g_cm3"):
+        assert row[key] > 0, key
+    from workflows.screening.report import write_report
+
+    assert "Model epistemic spread" in write_report(str(db), tmp_path / "rep")["html"].read_text()

@@ -162,7 +162,8 @@ def _model_info_cached(name: str, path: str, mtime: float) -> ModelInfo:
     meta = payload["metadata"]
     species = [int(z) for z in meta.get("species") or payload["config"].get("species") or []]
     cutoff = float(meta.get("cutoff") or payload["config"].get("cutoff") or 0.0)
-    uncertainty = bool(meta.get("uncertainty") or meta.get("posterior_samples") or meta.get("ensemble_size"))
+    uncertainty = payload.get("model_type") == "ensemble" or bool(
+        meta.get("uncertainty") or meta.get("posterior_samples") or meta.get("ensemble_size"))
     return ModelInfo(name, str(Path(path).resolve()), _sha256(path), species, cutoff, meta.get("mlmd_version"),
                      payload.get("model_type"), uncertainty)
 

@@ -21,6 +21,9 @@ t_Li_Onsager (+ _sem)          Li⁺ transference number from the Onsager coeffi
 CN_Li_<El> (+ _sem)            Li⁺–O/F/N coordination numbers at the first RDF minimum (mdtraj); block-averaging error
 shell_<sp> (+ _sem)            molecules of each species in the Li⁺ first shell
 pair_free / pair_CIP / pair_AGG  ion-pairing fractions (+ _sem)
+epistemic_*                    only for models with posterior samples / ensemble members: the model's spread of the
+                               energy, forces and pressure on NPT frames and the first-order density spread
+                               (:func:`epistemic_spread`)
 =============================  ==========================================================================================
 
 Each estimator runs on its own: if one cannot be evaluated (too short a run, too few replicas) its properties are
@@ -127,6 +130,16 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
     mean_volume = plan.total_mass_amu * 1.66053906660 / rho.mean
     if plan.n_salt:
         props["molarity_M"] = plan.n_salt / AVOGADRO / (mean_volume * 1e-27)
+    if plan.model.uncertainty:
+        try:
+            spread = epistemic_spread(plan, folder, rho)
+            props.update(spread)
+            summaries["epistemic"] = spread
+            if spread:
+                notes.append("epistemic: model spread on NPT frames; density spread is the first-order response "
+                             "to the pressure spread (transport properties carry no epistemic term)")
+        except Exception as exc:
+            notes.append(f"epistemic spread: {_first_line(exc)}")
     if p.n_replicas == 0:
         return {"properties": _clean(props), "summaries": summaries, "notes": notes, "figures": figs}
 
@@ -232,10 +245,55 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
             figure("rdf", lambda path: plot_rdf(sol.rdfs, path))
         except Exception as exc:
             notes.append(f"solvation: {_first_line(exc)}")
-    if plan.model.uncertainty:
-        notes.append("model epistemic spread: the model carries posterior samples, but per-sample MD is not run "
-                     "by this protocol")
     return {"properties": _clean(props), "summaries": summaries, "notes": notes, "figures": figs}
+
+
+def epistemic_spread(plan: Plan, folder: Path, rho, n_frames: int = 8) -> dict[str, float]:
+    """The model's epistemic spread on the NPT production frames, for models that carry posterior samples or
+    ensemble members (``energy_std``/``forces_std``/``stress_std``).
+
+    Returns mean per-atom energy spread (eV/atom), mean force spread (eV/Å), the pressure spread σ_P (bar; the
+    mean of the three diagonal stress spreads, an upper bound on the spread of their average), and a first-order
+    density spread δρ = ρ κ_T σ_P with the isothermal compressibility κ_T = var(V) / (k_B T ⟨V⟩) from the same NPT
+    run: how far the density would move if the pressure were off by σ_P. Per-member MD (the full propagation to
+    transport properties) is not run by this protocol.
+    """
+    from ase.io import read
+
+    from mlmd.calculator import MLMDCalculator
+    from mlmd.md.io import read_thermo
+    from mlmd.units import KB_EV_PER_K
+
+    frames = read(folder / "density" / "trajectory.extxyz", index=":")
+    frames = frames[len(frames) // 2:] or frames
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int))
+    box = _read_box(folder)
+    calc = MLMDCalculator(plan.model.path, dtype=plan.formulation.dtype)
+    e_std, f_std, p_std = [], [], []
+    for i in picks:
+        atoms = box.copy()
+        atoms.set_cell(frames[int(i)].cell, scale_atoms=False)
+        atoms.positions = frames[int(i)].positions
+        res = calc.evaluate(atoms, stress=True)
+        if "energy_std" not in res:
+            return {}
+        e_std.append(float(np.ravel(res["energy_std"])[0]) / len(atoms))
+        f_std.append(float(np.mean(np.linalg.norm(np.reshape(res["forces_std"], (len(atoms), 3)), axis=1))))
+        if "stress_std" in res:
+            s = np.reshape(res["stress_std"], (3, 3))
+            p_std.append(float(np.mean(np.diag(s))) * BAR_PER_EV_PER_A3)
+    out = {"epistemic_energy_eV_atom": float(np.mean(e_std)), "epistemic_forces_eV_A": float(np.mean(f_std))}
+    if p_std:
+        sigma_p = float(np.mean(p_std))
+        out["epistemic_pressure_bar"] = sigma_p
+        thermo = read_thermo(folder / "density" / "thermo.csv")
+        v = thermo["volume_A3"][rho.start:]
+        temp = float(np.nanmean(thermo["temperature_K"][rho.start:]))
+        if v.size > 2 and np.var(v) > 0:
+            kappa = float(np.var(v) / (KB_EV_PER_K * temp * np.mean(v)))        # 1/(eV/Å³)
+            out["compressibility_per_GPa"] = kappa / 160.21766208
+            out["epistemic_density_g_cm3"] = rho.mean * kappa * sigma_p / BAR_PER_EV_PER_A3
+    return out
 
 
 def _read_box(folder: Path):

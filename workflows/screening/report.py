@@ -138,6 +138,17 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
 
 
+def _epistemic_line(r: dict[str, Any]) -> str:
+    if r.get("epistemic_forces_eV_A") is None:
+        return ""
+    parts = [f"force spread {_fmt(r.get('epistemic_forces_eV_A'))} eV/Å"]
+    if r.get("epistemic_pressure_bar") is not None:
+        parts.append(f"pressure spread {_fmt(r.get('epistemic_pressure_bar'))} bar")
+    if r.get("epistemic_density_g_cm3") is not None:
+        parts.append(f"density ± {_fmt(r.get('epistemic_density_g_cm3'))} g/cm³ (first-order)")
+    return "Model epistemic spread (posterior/ensemble): " + ", ".join(parts)
+
+
 def _provenance_line(r: dict[str, Any]) -> str:
     sha = str(r.get("model_sha256", ""))[:12]
     return (f"model {r.get('model', '?')} (sha256 {sha}…), mlmd {r.get('mlmd_version', '?')}, engine "
@@ -177,6 +188,8 @@ def _markdown(rows, rank_by, title, bars, per, database) -> str:
         name = r.get("formulation", "?")
         lines += [f"## {name}", "", f"{r.get('composition', '')}; T = {r.get('temperature_K', '?')} K; "
                   f"molarity reached {_fmt(r.get('molarity_M'))} mol/L", "", _provenance_line(r), ""]
+        if _epistemic_line(r):
+            lines += [_epistemic_line(r), ""]
         for note in (r["_data"].get("notes") or []):
             lines.append(f"- note: {note}")
         for fig, rel in per.get(name, {}).items():
@@ -204,6 +217,7 @@ def _html(rows, rank_by, title, bars, per, database) -> str:
         sections.append(
             f"<section><h2>{e(name)}</h2><p>{e(str(r.get('composition', '')))}; T = {e(str(r.get('temperature_K')))} K; "
             f"molarity reached {e(_fmt(r.get('molarity_M')))} mol/L</p><p class=\"prov\">{e(_provenance_line(r))}</p>"
+            + (f"<p>{e(_epistemic_line(r))}</p>" if _epistemic_line(r) else "")
             + (f"<ul>{notes}</ul>" if notes else "") + f"<div class=\"figs\">{imgs}</div></section>")
     defs = "".join(f"<li>{e(d)}</li>" for d in _DEFINITIONS)
     bars_html = '<img class="bars" src="figures/properties.png" alt="properties with error bars">' if bars else ""
