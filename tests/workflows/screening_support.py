@@ -54,3 +54,27 @@ def failing_calculator(model_path=None, dtype="float32"):
 
     calc.calculate = calculate
     return calc
+
+
+INSTANCES = [0]
+
+
+def third_calculator_fails(model_path=None, dtype="float32"):
+    """The placeholder calculator; the third one built in this process fails after 5 force calls (with one
+    thread-worker: prepare builds the first, replicas 0, 1, 2 the next ones, so replica 1 fails)."""
+    from workflows.screening.placeholder import calculator
+
+    INSTANCES[0] += 1
+    calc = calculator(model_path, dtype)
+    if INSTANCES[0] == 3:
+        original = calc.calculate
+        calls = [0]
+
+        def calculate(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] > 5:
+                raise RuntimeError("synthetic replica failure")
+            return original(*args, **kwargs)
+
+        calc.calculate = calculate
+    return calc

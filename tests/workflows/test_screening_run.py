@@ -165,3 +165,20 @@ def test_ensemble_model_adds_the_epistemic_spread(tmp_path):
     from workflows.screening.report import write_report
 
     assert "Model epistemic spread" in write_report(str(db), tmp_path / "rep")["html"].read_text()
+
+
+def test_a_failed_replica_is_recorded_and_the_others_are_analysed(model, tmp_path):
+    from tests.workflows import screening_support
+
+    screening_support.INSTANCES[0] = 0
+    proto = {**TINY_PROTOCOL, "n_replicas": 3}
+    spec = spec_from_dict({"formulations": [formulation(
+        model, name="partial", protocol=proto, calculator="tests.workflows.screening_support:third_calculator_fails")]})
+    db = tmp_path / "p.db"
+    result = screen(spec, database=str(db), workers=1, processes=False, progress=False)
+    assert result.counts == {"done": 1}
+    row = rows(db)["partial"]
+    assert row.n_replicas_used == 2 and np.isfinite(row.viscosity_mPa_s)
+    assert any("1 of 3 replicas failed" in n for n in row.data["notes"])
+    assert any("synthetic replica failure" in n for n in row.data["notes"])
+    assert "synthetic replica failure" in result.jobs[0].error

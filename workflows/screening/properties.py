@@ -74,7 +74,7 @@ def load_replicas(plan: Plan, folder: Path) -> dict[str, Any]:
     from mlmd.md.io import read_thermo
 
     stress, positions, cells, volumes, temps = [], [], [], [], []
-    for d in protocol.replica_dirs(plan, folder):
+    for d in protocol.replica_dirs(plan, folder, finished_only=True):
         thermo = read_thermo(d / "thermo.csv")
         s = np.stack([thermo[c] for c in _STRESS_COLUMNS], axis=1) / BAR_PER_EV_PER_A3
         stress.append(s)
@@ -144,6 +144,11 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
         return {"properties": _clean(props), "summaries": summaries, "notes": notes, "figures": figs}
 
     reps = load_replicas(plan, folder)
+    missing = p.n_replicas - len(reps["stress"])
+    if missing:
+        notes.append(f"{missing} of {p.n_replicas} replicas failed; transport from the {len(reps['stress'])} "
+                     "that finished")
+    props["n_replicas_used"] = float(len(reps["stress"]))
     temperature = float(np.mean(reps["temperatures"]))
     props["temperature_mean_K"] = temperature
     volume = float(np.mean(reps["volumes"]))

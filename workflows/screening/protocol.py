@@ -494,8 +494,12 @@ def run_replica(plan: Plan, folder: Path, k: int) -> dict[str, Any]:
     return {"replica": k, "skipped": False}
 
 
-def replica_dirs(plan: Plan, folder: Path) -> list[Path]:
-    return [Path(folder) / "replicas" / f"r{k:02d}" / "prod" for k in range(plan.formulation.protocol.n_replicas)]
+def replica_dirs(plan: Plan, folder: Path, finished_only: bool = False) -> list[Path]:
+    """Production folders of the replicas (only those that reached their length with ``finished_only``)."""
+    dirs = [Path(folder) / "replicas" / f"r{k:02d}" / "prod" for k in range(plan.formulation.protocol.n_replicas)]
+    if finished_only:
+        dirs = [d for d in dirs if _done_steps(d) == plan.formulation.protocol.replica_steps]
+    return dirs
 
 
 def record_error(folder: Path, stage: str, exc: BaseException) -> str:

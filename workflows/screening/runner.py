@@ -228,7 +228,8 @@ def screen(spec: ScreenSpec, database: str | None = None, output_dir: str | os.P
            progress: bool = True, threads_per_task: int = 1, poll_s: float = 0.5) -> ScreenResult:
     """Screen every formulation of ``spec``; see the module docstring. Bad input raises before any MD."""
     database = database or spec.database or "screen.db"
-    output = Path(output_dir or spec.output_dir or Path(database).with_suffix("").as_posix() + "_runs")
+    default_out = "screen_runs" if "://" in str(database) else Path(database).with_suffix("").as_posix() + "_runs"
+    output = Path(output_dir or spec.output_dir or default_out)
     plans, target = validate(spec, database, scheduler)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,10 @@ def _drive(client, pending: list[Job], store: ResultStore, display: _Display, th
             for r in results:
                 j.stage_seconds[r["stage"]] = j.stage_seconds.get(r["stage"], 0.0) + r.get("seconds", 0.0)
             bad = [r for r in results if not r["ok"]]
+            if bad and j.state == "replicas" and len(results) - len(bad) >= 2:
+                # Enough replicas for every estimator: analyse those, and say which ones failed.
+                j.error = "; ".join(f"{r['stage']}: {r['error']}" for r in bad)
+                bad = []
             if bad:
                 j.state, j.error, j.ended = "failed", f"{bad[0]['stage']}: {bad[0]['error']}", time.time()
                 store.record_failure(j.plan, j.folder, bad[0]["stage"], bad[0]["error"],
@@ -309,7 +314,10 @@ def _drive(client, pending: list[Job], store: ResultStore, display: _Display, th
                 j.state = "analyse"
                 j.futures = [_submit(client, task_analyse, plan_d, str(j.folder), threads, priority=2)]
             elif j.state == "analyse":
-                store.record_success(j.plan, j.folder, final_structure(j.plan, j.folder), results[0]["value"])
+                value = dict(results[0]["value"])
+                if j.error:                  # replicas that failed while enough others finished
+                    value["notes"] = list(value.get("notes", [])) + [f"failed replicas: {j.error}"]
+                store.record_success(j.plan, j.folder, final_structure(j.plan, j.folder), value)
                 j.state, j.ended = "done", time.time()
         display.refresh()
         time.sleep(poll_s)
