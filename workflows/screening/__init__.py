@@ -8,7 +8,10 @@
 ``store``          ASE database, one row per formulation (properties, uncertainties, provenance, structure)
 ``runner``         Dask scheduling of the stages, rich progress, skip finished work, isolate failures
 ``report``         HTML + Markdown report with a ranked table and figures
+``placeholder``    stabilising classical restraints for tests and the demo's no-model fallback (not physics)
 =================  ==========================================================================================
+
+``example.yaml`` is an annotated spec.
 
 ``mlmd screen SPEC.yaml`` and ``mlmd report DB`` are the command-line entry points; ``python -m workflows.demo``
 screens three small formulations.
