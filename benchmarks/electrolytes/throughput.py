@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / f"workers-{n}"
         if folder.exists():
             shutil.rmtree(folder)
+        folder.mkdir(parents=True)
         t0 = time.time()
         result = screen(build_spec(model, calculator), database=str(folder / "screen.db"), output_dir=folder / "runs",
                         workers=n, progress=sys.stderr.isatty())
