@@ -26,6 +26,9 @@ PRODUCTION = dict(timestep_fs=1.0, minimise_steps=200, equilibration_steps=20000
                   trajectory_interval=100, checkpoint_interval=2000)
 QUICK = dict(PRODUCTION, equilibration_steps=2000, density_min_steps=2000, density_max_steps=4000,
              density_chunk_steps=1000, replica_equilibration_steps=500, replica_steps=4000, trajectory_interval=20)
+SMOKE = dict(PRODUCTION, minimise_steps=10, equilibration_steps=20, density_min_steps=20, density_max_steps=40,
+             density_chunk_steps=20, density_log_interval=1, replica_equilibration_steps=0, replica_steps=40,
+             trajectory_interval=2, checkpoint_interval=20)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--n-atoms", type=int, default=1200)
     ap.add_argument("--replicas", type=int, default=8)
+    ap.add_argument("--smoke", action="store_true", help="a few dozen steps per stage (checks the script only)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/electrolytes"))
     args = ap.parse_args(argv)
@@ -49,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     exp = next(r for r in read_csv("experimental_transport.csv") if r["system"] == "LiPF6_EC_DMC")
     solvents = exp["solvents"].split(":")
     ratio = exp["ratio"]
-    protocol = dict(QUICK if args.quick else PRODUCTION, n_replicas=args.replicas)
+    protocol = dict(SMOKE if args.smoke else QUICK if args.quick else PRODUCTION, n_replicas=args.replicas)
     f = dict(name="conductivity-LiPF6-EC-DMC", solvents=solvents, ratio=ratio, ratio_basis=exp["ratio_basis"],
              salt=exp["salt"], concentration=float(exp["salt_mol_per_L"]), concentration_unit="molar",
              temperature_K=float(exp["temperature_K"]), n_atoms=args.n_atoms, model=args.model, protocol=protocol)
     if args.calculator:
         f["calculator"] = args.calculator
     args.out.mkdir(parents=True, exist_ok=True)
-    db = args.out / ("conductivity-quick.db" if args.quick else "conductivity.db")
+    db = args.out / ("conductivity-smoke.db" if args.smoke else "conductivity-quick.db" if args.quick
+                     else "conductivity.db")
     try:
         spec = spec_from_dict({"formulations": [f]}, "conductivity benchmark")
         screen(spec, database=str(db), output_dir=args.out / "conductivity-runs", workers=args.workers,
