@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
 
         typer.echo(results_table(result.database))
         counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
-        typer.echo(f"screen: {counts} in {result.wall_s:.0f} s with {result.workers or 0} worker(s); "
+        rate = f" ({result.formulations_per_hour:.1f} formulations/hour)" if result.counts.get("done") else ""
+        typer.echo(f"screen: {counts} in {result.wall_s:.0f} s with {result.workers or 0} worker(s){rate}; "
                    f"database {result.database}")
         if result.counts.get("failed"):
             raise typer.Exit(1)
