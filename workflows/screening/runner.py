@@ -221,6 +221,8 @@ class _Display:
         if self.live is not None:
             self.live.update(self._table())
             self.live.stop()
+            if not self.live.console.is_terminal:
+                self.live.console.file.write("\n")
 
 
 def screen(spec: ScreenSpec, database: str | None = None, output_dir: str | os.PathLike | None = None,
