@@ -104,24 +104,14 @@ def _read_atoms(path: Path) -> Atoms:
 # ------------------------------------------------------------------------------------------ calculator / engine
 
 def make_calculator(plan: Plan):
-    """The model's ASE calculator, computing the stress with every force call of a periodic box.
-
-    ASE asks for forces and stress separately; with stress logged every step (Green–Kubo) or needed by the
-    barostat every step, computing both in one network pass halves the cost.
-    """
+    """The model's ASE calculator (MLMDCalculator computes the stress with every force call of a periodic box, so
+    stress logged every step for Green–Kubo or needed by the barostat costs no second network pass)."""
     f = plan.formulation
     if f.calculator:
         return load_factory(f.calculator)(plan.model.path, f.dtype)
     from mlmd.calculator import MLMDCalculator
 
-    class _WithStress(MLMDCalculator):
-        def calculate(self, atoms=None, properties=("energy",), system_changes=None):
-            from ase.calculators.calculator import Calculator, all_changes
-
-            Calculator.calculate(self, atoms, properties, system_changes if system_changes is not None else all_changes)
-            self.results = self.evaluate(self.atoms, stress=bool(np.all(self.atoms.pbc)))
-
-    return _WithStress(plan.model.path, dtype=plan.formulation.dtype)
+    return MLMDCalculator(plan.model.path, dtype=plan.formulation.dtype)
 
 
 def load_factory(spec: str):
