@@ -28,6 +28,35 @@ def box_length(molecules: Sequence[tuple[Species, int]], density_g_cm3: float, s
     return float((mass * G_PER_CM3_PER_AMU_PER_A3 / density_g_cm3) ** (1 / 3))
 
 
+def pack_periodic(templates: Sequence[tuple[Atoms, int]], length: float, seed: int = 0, tolerance: float = 2.0,
+                  name: str = "the box") -> Atoms:
+    """Pack ``count`` copies of each template molecule into a periodic cube of edge ``length`` Å with packmol.
+
+    Molecules are left whole (not wrapped). Returns Atoms with pbc and per-atom ``mol_id`` in packing order.
+    """
+    with tempfile.TemporaryDirectory(prefix="mlmd-box-") as tmp:
+        lines = [f"tolerance {tolerance}", "filetype xyz", "output packed.xyz", f"seed {seed % 2**31 + 1}",
+                 f"pbc 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", ""]
+        for k, (template, count) in enumerate(templates):
+            write(os.path.join(tmp, f"m{k}.xyz"), template, format="xyz")
+            lines += [f"structure m{k}.xyz", f"  number {count}",
+                      f"  inside box 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", "end structure", ""]
+        Path(tmp, "pack.inp").write_text("\n".join(lines))
+        with open(os.path.join(tmp, "pack.inp")) as stdin:
+            proc = subprocess.run([packmol_binary()], stdin=stdin, cwd=tmp, capture_output=True, text=True, timeout=900)
+        out = Path(tmp, "packed.xyz")
+        if not out.exists():
+            out = Path(tmp, "packed.xyz_FORCED")
+            if not out.exists():
+                raise InputError(f"packmol could not pack {name}: {proc.stdout[-200:]!r}")
+        atoms = read(out, format="xyz")
+    atoms.set_cell([length] * 3)
+    atoms.pbc = True
+    molecules = [t for t, count in templates for _ in range(count)]
+    atoms.arrays[keys.MOL_ID] = np.concatenate([np.full(len(t), m, dtype=int) for m, t in enumerate(molecules)])
+    return atoms
+
+
 def build_box(molecules: Sequence[tuple[Species | str, int]], density_g_cm3: float, seed: int = 0,
               tolerance: float = 2.0) -> Atoms:
     """Pack molecules (species or names/SMILES, count) into a periodic cubic box at the given density.
@@ -39,30 +68,8 @@ def build_box(molecules: Sequence[tuple[Species | str, int]], density_g_cm3: flo
         raise InputError(f"molecule counts {[n for _, n in resolved]} must be non-negative with at least one molecule")
     resolved = [(sp, n) for sp, n in resolved if n > 0]
     rng = np.random.default_rng(seed)
-    templates = [molecule_atoms(sp, rng) for sp, _ in resolved]
-    length = box_length(resolved, density_g_cm3, seed)
-    with tempfile.TemporaryDirectory(prefix="mlmd-box-") as tmp:
-        lines = [f"tolerance {tolerance}", "filetype xyz", "output packed.xyz", f"seed {seed % 2**31 + 1}",
-                 f"pbc 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", ""]
-        for k, (template, (_, n)) in enumerate(zip(templates, resolved)):
-            write(os.path.join(tmp, f"m{k}.xyz"), template, format="xyz")
-            lines += [f"structure m{k}.xyz", f"  number {n}",
-                      f"  inside box 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", "end structure", ""]
-        Path(tmp, "pack.inp").write_text("\n".join(lines))
-        with open(os.path.join(tmp, "pack.inp")) as stdin:
-            proc = subprocess.run([packmol_binary()], stdin=stdin, cwd=tmp, capture_output=True, text=True, timeout=600)
-        out = Path(tmp, "packed.xyz")
-        if not out.exists():
-            out = Path(tmp, "packed.xyz_FORCED")
-            if not out.exists():
-                raise InputError(f"packmol could not pack the box: {proc.stdout[-200:]!r}")
-        atoms = read(out, format="xyz")
-    atoms.set_cell([length] * 3)
-    atoms.pbc = True
-    atoms.wrap()
-    atoms.arrays[keys.MOL_ID] = np.concatenate(
-        [np.full(len(t), m, dtype=int) for m, t in enumerate(t for t, (_, n) in zip(templates, resolved) for _ in range(n))]
-    )
+    templates = [(molecule_atoms(sp, rng), n) for sp, n in resolved]
+    atoms = pack_periodic(templates, box_length(resolved, density_g_cm3, seed), seed, tolerance)
     atoms.info[keys.TOTAL_CHARGE] = int(sum(sp.charge * n for sp, n in resolved))
     atoms.info["composition"] = " ".join(f"{sp.name}:{n}" for sp, n in resolved)
     return atoms

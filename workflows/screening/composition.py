@@ -25,8 +25,6 @@ import functools
 import hashlib
 import math
 import os
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,7 +319,6 @@ def plan_formulation(f: FormulationSpec, model: ModelInfo | None = None) -> Plan
     else:
         s_per_solvent = f.concentration * v_solv_per_mol / 1000.0
     salt_atoms = sum(c.n_atoms for c in ions)
-    salt_mass = sum(c.mass_amu for c in ions)
     if f.n_molecules is not None:
         n_solv = float(f.n_molecules)
     else:
@@ -383,41 +380,13 @@ def pack_box(plan: Plan, seed: int = 0, tolerance: float = 2.0, density_g_cm3: f
     Returns Atoms with pbc, per-atom ``mol_id`` and ``species`` labels, ``info['total_charge']`` and
     ``info['composition']``. Molecules are packed whole inside the box and left whole (not wrapped).
     """
-    from ase.io import read, write
-
-    from workflows.labelling.clusters import packmol_binary
+    from workflows.boxes import pack_periodic
 
     rho = density_g_cm3 or plan.packing_density_g_cm3
     length = float((plan.total_mass_amu * G_PER_CM3_PER_AMU_PER_A3 / rho) ** (1 / 3))
     comps = [c for c in plan.components if c.count > 0]
-    with tempfile.TemporaryDirectory(prefix="mlmd-screen-box-") as tmp:
-        # packmol keeps molecules 'inside' a box shrunk by tolerance/2 on each side when pbc is given.
-        lines = [f"tolerance {tolerance}", "filetype xyz", "output packed.xyz", f"seed {seed % 2**31 + 1}",
-                 f"pbc 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", ""]
-        for k, c in enumerate(comps):
-            write(os.path.join(tmp, f"m{k}.xyz"), c.atoms(), format="xyz")
-            lines += [f"structure m{k}.xyz", f"  number {c.count}",
-                      f"  inside box 0. 0. 0. {length:.4f} {length:.4f} {length:.4f}", "end structure", ""]
-        Path(tmp, "pack.inp").write_text("\n".join(lines))
-        with open(os.path.join(tmp, "pack.inp")) as stdin:
-            proc = subprocess.run([packmol_binary()], stdin=stdin, cwd=tmp, capture_output=True, text=True, timeout=900)
-        out = Path(tmp, "packed.xyz")
-        if not out.exists():
-            out = Path(tmp, "packed.xyz_FORCED")
-            if not out.exists():
-                raise InputError(f"packmol could not pack {plan.name!r}: {proc.stdout[-200:]!r}")
-        atoms = read(out, format="xyz")
-    atoms.set_cell([length] * 3)
-    atoms.pbc = True                      # molecules stay whole (not wrapped): packmol placed them inside
-    mol_id, labels = [], []
-    m = 0
-    for c in comps:
-        for _ in range(c.count):
-            mol_id += [m] * c.n_atoms
-            labels += [c.label] * c.n_atoms
-            m += 1
-    atoms.arrays[keys.MOL_ID] = np.asarray(mol_id, dtype=int)
-    atoms.arrays["species"] = np.asarray(labels)
+    atoms = pack_periodic([(c.atoms(), c.count) for c in comps], length, seed, tolerance, name=repr(plan.name))
+    atoms.arrays["species"] = np.asarray([c.label for c in comps for _ in range(c.count * c.n_atoms)])
     atoms.info[keys.TOTAL_CHARGE] = int(sum(c.charge * c.count for c in comps))
     atoms.info["composition"] = " ".join(f"{c.label}:{c.count}" for c in comps)
     return atoms
