@@ -104,9 +104,10 @@ class Dispersion(nn.Module):
     Output: per-atom energies (N,) in eV.
     """
 
-    def __init__(self, cutoff: float = 10.0, s6: float = 1.0, a1: float = 0.6, a2: float = 1.0):
+    def __init__(self, cutoff: float = 10.0, s6: float = 1.0, a1: float = 0.6, a2: float = 1.0, skin: float = 1.0):
         super().__init__()
-        self.cutoff, self.s6, self.a1, self.a2 = cutoff, s6, a1, a2
+        self.cutoff, self.s6, self.a1, self.a2, self.skin = cutoff, s6, a1, a2, skin
+        self._cache = None  # the last pair list; the 10 Å list costs more than the pair energies themselves
         c6 = torch.zeros(119, dtype=torch.float64)
         r0 = torch.ones(119, dtype=torch.float64)
         for z, value in _D2_C6.items():
@@ -115,20 +116,32 @@ class Dispersion(nn.Module):
         self.register_buffer("c6", c6, persistent=False)
         self.register_buffer("r0", r0, persistent=False)
 
-    def forward(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        pos_np = positions.detach().cpu().double().numpy()
-        numbers = graph.atomic_numbers
+    def _pairs(self, graph: AtomicGraph, pos_np: np.ndarray, cell_np: np.ndarray):
+        """Half list of pairs within cutoff + skin, reused while no atom moved more than skin/2 (MD steps)."""
+        pbc = graph.pbc.cpu().numpy()
+        ptr = graph.ptr.cpu().numpy()
+        cached = self._cache
+        if cached is not None and cached[0].shape == pos_np.shape and np.array_equal(cached[1], cell_np) \
+                and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr):
+            if np.sqrt(((pos_np - cached[0]) ** 2).sum(axis=1).max(initial=0.0)) < 0.5 * self.skin:
+                return cached[4]
         i_all, j_all, s_all = [], [], []
         for b in range(graph.num_graphs):
-            start, stop = int(graph.ptr[b]), int(graph.ptr[b + 1])
-            pbc = graph.pbc[b].cpu().numpy()
-            i, j, s = neighbor_list(pos_np[start:stop], cell[b].detach().cpu().double().numpy(), pbc, self.cutoff, full=False)
+            start, stop = int(ptr[b]), int(ptr[b + 1])
+            i, j, s = neighbor_list(pos_np[start:stop], cell_np[b], pbc[b], self.cutoff + self.skin, full=False)
             i_all.append(i + start)
             j_all.append(j + start)
             s_all.append(s)
-        i = torch.from_numpy(np.concatenate(i_all)).to(positions.device)
-        j = torch.from_numpy(np.concatenate(j_all)).to(positions.device)
-        s = torch.from_numpy(np.concatenate(s_all)).to(dtype=positions.dtype, device=positions.device)
+        pairs = (np.concatenate(i_all), np.concatenate(j_all), np.concatenate(s_all))
+        self._cache = (pos_np.copy(), cell_np.copy(), pbc.copy(), ptr.copy(), pairs)
+        return pairs
+
+    def forward(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        numbers = graph.atomic_numbers
+        i, j, s = self._pairs(graph, positions.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy())
+        i = torch.from_numpy(i).to(positions.device)
+        j = torch.from_numpy(j).to(positions.device)
+        s = torch.from_numpy(s).to(dtype=positions.dtype, device=positions.device)
         shifts = torch.einsum("ek,ekl->el", s, cell[graph.batch[i]])
         r = (positions[j] - positions[i] + shifts).norm(dim=1)
         c6 = torch.sqrt(self.c6[numbers[i]] * self.c6[numbers[j]]).to(positions.dtype)

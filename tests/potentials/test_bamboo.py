@@ -72,3 +72,21 @@ def test_dense_and_sparse_neighbour_layouts_agree(periodic):
         results[layout] = model(graph, compute_forces=True)
     assert torch.allclose(results["dense"][keys.ENERGY], results["sparse"][keys.ENERGY], atol=1e-10)
     assert torch.allclose(results["dense"][keys.FORCES], results["sparse"][keys.FORCES], atol=1e-10)
+
+
+def test_dispersion_pair_list_reuse_matches_a_fresh_list():
+    from tests.conftest import periodic_box
+
+    from potentials.physics import Dispersion
+
+    atoms = periodic_box()
+    reused = Dispersion()
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    reused(graph, graph.positions, graph.cell)
+    atoms.rattle(0.1, seed=1)  # below half the 1 Å skin: the cached list stays valid
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    cached_pairs = reused._cache[4]
+    energy = reused(graph, graph.positions, graph.cell).sum()
+    assert reused._cache[4] is cached_pairs
+    fresh = Dispersion()(graph, graph.positions, graph.cell).sum()
+    assert energy.item() == pytest.approx(fresh.item(), rel=1e-12)
