@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f" ({rate:.1f} formulations/hour)" if result.counts.get("done") else ""))
     if calculator:
         print("demo: model = UNTRAINED placeholder (bundled model missing): numbers are meaningless")
+    print("demo: transport replicas here last 150 fs, so diffusion, conductivity, viscosity and t+ are ballistic-regime "
+          "placeholders, not estimates; use production protocol lengths (hundreds of ps) for real screening")
     print(f"demo: report {paths['html'].resolve()} (Markdown: {paths['markdown'].name})")
     return 0 if not result.counts.get("failed") else 1
 
