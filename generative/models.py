@@ -131,7 +131,6 @@ class CrysBFN(CrystalGenerator):
     @torch.no_grad()
     def sample(self, n_atoms: torch.Tensor, types: torch.Tensor | None, steps: int = 10, generator: torch.Generator | None = None):
         steps = self._check_steps(steps)
-        cfg = self.config
         dtype = torch.float32
         B = len(n_atoms)
         batch = torch.repeat_interleave(torch.arange(B), n_atoms)

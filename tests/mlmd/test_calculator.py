@@ -3,7 +3,7 @@ import pytest
 import torch
 from ase import Atoms
 
-from mlmd import MLMDCalculator, keys
+from mlmd import MLMDCalculator
 from mlmd.checkpoint import load_potential, save_checkpoint
 from mlmd.errors import CheckpointError, InputError
 from potentials.bamboo import BambooPotential

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.calculators.lj import LennardJones
 from ase.io import write
 

@@ -39,7 +39,6 @@ from typing import Any, Callable
 import numpy as np
 from ase import Atoms
 
-from mlmd.errors import InputError
 from mlmd.io import atomic_path, atomic_write_text
 from workflows.screening.composition import Plan, pack_box
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlmd.errors import ConfigError, InputError
+from mlmd.errors import InputError
 from workflows.screening import protocol
 from workflows.screening.composition import Plan, model_info, plan_formulation
 from workflows.screening.spec import ScreenSpec
