@@ -49,3 +49,27 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise InputError(
         f"model {text!r} is neither a bundled model ({', '.join(sorted(bundled)) or 'none'}) nor an existing checkpoint file"
     )
+
+
+def load_callable(spec: str, label: str = "calculator"):
+    """``"package.module:factory"`` (attribute path may be dotted) -> the callable; ConfigError naming ``label``."""
+    import importlib
+
+    from mlmd.errors import ConfigError
+
+    module_name, sep, attr = spec.strip().partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{label} {spec!r} is not of the form module:factory (e.g. ase.calculators.emt:EMT)")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or an error raised while importing the user's module
+        raise ConfigError(f"cannot import module {module_name!r} for {label} {spec!r} ({type(exc).__name__}); "
+                          "give an importable module:factory") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} ({label} {spec!r}); "
+                              "give module:factory naming a callable")
+    if not callable(obj):
+        raise ConfigError(f"{label} {spec!r} is not callable; give module:factory naming a callable")
+    return obj

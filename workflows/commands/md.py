@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,17 +16,9 @@ def _first_line(exc: BaseException) -> str:
 def load_calculator_factory(spec: str) -> Any:
     """Build an ASE calculator from ``module:factory`` (a class or a function called without arguments)."""
     from mlmd.errors import ConfigError
+    from mlmd.registry import load_callable
 
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--calculator {spec!r} is not of the form module:factory (e.g. ase.calculators.emt:EMT)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--calculator {spec!r}: cannot import module {module_name!r} ({_first_line(exc)})") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ConfigError(f"--calculator {spec!r}: module {module_name!r} has no callable {attr!r}")
+    factory = load_callable(spec, "--calculator")
     try:
         calc = factory()
     except Exception as exc:

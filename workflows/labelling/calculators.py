@@ -6,11 +6,10 @@ signature accepts it, and the retry settings (e.g. ``max_iterations``, ``mixer_d
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
-from mlmd.errors import ConfigError
+from mlmd.registry import load_callable
 
 BUILTIN = ("tblite", "gfn2-xtb", "xtb")
 
@@ -28,22 +27,7 @@ def load_factory(spec: str | None) -> Callable[..., Any]:
     """Resolve ``'tblite'`` (GFN2-xTB) or ``'package.module:factory'`` to a callable."""
     if spec is None or spec.strip().lower() in BUILTIN:
         return gfn2_xtb
-    text = spec.strip()
-    if ":" not in text:
-        raise ConfigError(f"calculator '{spec}' is not of the form module:factory; accepted: 'tblite' or e.g. 'ase.calculators.emt:EMT'")
-    module_name, _, attr = text.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or an error while importing the user module
-        raise ConfigError(f"cannot import module '{module_name}' for calculator '{spec}' ({type(exc).__name__}); accepted: an importable module:factory") from None
-    obj = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(f"module '{module_name}' has no attribute '{attr}' (calculator '{spec}'); accepted: module:factory naming a callable")
-    if not callable(obj):
-        raise ConfigError(f"calculator '{spec}' is not callable; accepted: module:factory naming a callable")
-    return obj
+    return load_callable(spec, "calculator")
 
 
 def _accepts(factory: Callable, names: list[str]) -> bool:

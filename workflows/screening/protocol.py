@@ -115,21 +115,9 @@ def make_calculator(plan: Plan):
 
 def load_factory(spec: str):
     """``module:factory`` -> the callable (ConfigError with one line if it cannot be found)."""
-    import importlib
+    from mlmd.registry import load_callable
 
-    from mlmd.errors import ConfigError
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"calculator {spec!r} is not of the form module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"calculator {spec!r}: cannot import module {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"calculator {spec!r}: module {module_name!r} has no callable {attr!r}")
-    return factory
+    return load_callable(spec, "calculator")
 
 
 def run_engine(engine: str, atoms: Atoms, calc, config, workdir: Path, restart: bool, progress=None,
