@@ -53,6 +53,37 @@ class MDResult:
         return self.last_step - self.first_step
 
 
+def finish_run(workdir: Path, atoms: Atoms, n_atoms: int, start: int, end: int, time_fs: float, n_frames: int,
+               wall_s: float, restarted: bool, extra_paths: dict[str, Path], record: dict[str, Any]) -> MDResult:
+    """The MDResult of a finished run (either engine) and its ``result.json``, written only on completion.
+
+    ``extra_paths`` adds engine files (checkpoint, ...) to the shared ones; ``record`` adds engine facts to the JSON.
+    """
+    paths = {
+        "thermo": workdir / mdio.THERMO,
+        "trajectory_extxyz": workdir / mdio.TRAJ_XYZ,
+        "trajectory_dcd": workdir / mdio.TRAJ_DCD,
+        "topology": workdir / mdio.TOPOLOGY,
+        **extra_paths,
+    }
+    result = MDResult(
+        workdir=workdir, atoms=atoms, first_step=start, last_step=end, time_fs=time_fs,
+        n_frames=n_frames, wall_time_s=wall_s, restarted=restarted, paths=paths,
+        summary=mdio.summarize_thermo(paths["thermo"], n_atoms),
+    )
+    mdio.write_json(
+        workdir / mdio.RESULT,
+        {
+            **record, "first_step": start, "last_step": end, "time_fs": time_fs, "n_frames": n_frames,
+            "wall_time_s": wall_s, "restarted": restarted,
+            "steps_per_s": (end - start) / wall_s if wall_s > 0 else None,
+            "files": {k: p.name for k, p in paths.items()},
+            "summary": result.summary,
+        },
+    )
+    return result
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -307,28 +338,6 @@ def run_md(
         thermo.close()
         if traj is not None:
             traj.close()
-    wall = time.perf_counter() - t0
-    final_time = start_time + (end - start) * dt
-    paths = {
-        "thermo": workdir / mdio.THERMO,
-        "trajectory_extxyz": workdir / mdio.TRAJ_XYZ,
-        "trajectory_dcd": workdir / mdio.TRAJ_DCD,
-        "topology": workdir / mdio.TOPOLOGY,
-        "checkpoint": workdir / mdio.CHECKPOINT,
-    }
-    result = MDResult(
-        workdir=workdir, atoms=atoms, first_step=start, last_step=end, time_fs=final_time,
-        n_frames=traj.n_frames, wall_time_s=wall, restarted=restart, paths=paths,
-        summary=mdio.summarize_thermo(paths["thermo"], len(atoms)),
-    )
-    mdio.write_json(
-        workdir / mdio.RESULT,
-        {
-            "first_step": start, "last_step": end, "time_fs": final_time, "n_frames": traj.n_frames,
-            "wall_time_s": wall, "restarted": restart, "integrator": integrator_name(config),
-            "steps_per_s": (end - start) / wall if wall > 0 else None,
-            "files": {k: p.name for k, p in paths.items()},
-            "summary": result.summary,
-        },
-    )
-    return result
+    return finish_run(workdir, atoms, len(atoms), start, end, start_time + (end - start) * dt, traj.n_frames,
+                      time.perf_counter() - t0, restart, {"checkpoint": workdir / mdio.CHECKPOINT},
+                      {"integrator": integrator_name(config)})

@@ -222,7 +222,7 @@ def run_openmm_md(
     """
     import openmm
     from openmm import app, unit
-    from mlmd.md.engine import MDResult
+    from mlmd.md.engine import finish_run
     from mlmd.openmm.plugin import find_compute, mlpotential
     from mlmd.openmm.topology import topology_from_atoms
 
@@ -506,30 +506,8 @@ def run_openmm_md(
         out = getattr(state_data, "_out", None)
         if out is not None and hasattr(out, "close"):
             out.close()
-    wall = time.perf_counter() - t0
-    final_time = start_time + (end - start) * dt
-    paths = {
-        "thermo": workdir / mdio.THERMO,
-        "trajectory_extxyz": workdir / mdio.TRAJ_XYZ,
-        "trajectory_dcd": workdir / mdio.TRAJ_DCD,
-        "topology": workdir / mdio.TOPOLOGY,
-        "checkpoint": workdir / CHECKPOINT,
-        "state_data": workdir / STATE_DATA,
-    }
-    result = MDResult(
-        workdir=workdir, atoms=frame, first_step=start, last_step=end, time_fs=final_time,
-        n_frames=traj.n_frames, wall_time_s=wall, restarted=restart, paths=paths,
-        summary=mdio.summarize_thermo(paths["thermo"], len(atoms)),
-    )
-    mdio.write_json(
-        workdir / mdio.RESULT,
-        {
-            "engine": "openmm", "platform": platform, "first_step": start, "last_step": end, "time_fs": final_time,
-            "n_frames": traj.n_frames, "wall_time_s": wall, "restarted": restart, "integrator": name,
-            "steps_per_s": (end - start) / wall if wall > 0 else None,
-            "model_evaluations": compute.n_evaluations,
-            "files": {k: p.name for k, p in paths.items()},
-            "summary": result.summary,
-        },
-    )
-    return result
+    return finish_run(workdir, frame, len(atoms), start, end, start_time + (end - start) * dt, traj.n_frames,
+                      time.perf_counter() - t0, restart,
+                      {"checkpoint": workdir / CHECKPOINT, "state_data": workdir / STATE_DATA},
+                      {"engine": "openmm", "platform": platform, "integrator": name,
+                       "model_evaluations": compute.n_evaluations})
