@@ -56,7 +56,10 @@ class AtomicGraph:
         positions = self.positions if positions is None else positions
         cell = self.cell if cell is None else cell
         i, j = self.edge_index
-        shifts = torch.einsum("ek,ekl->el", self.edge_cell_shifts, cell[self.batch[i]])
+        if cell.shape[0] == 1:
+            shifts = self.edge_cell_shifts @ cell[0]  # one matmul; the batched form gathers a 3x3 cell per edge
+        else:
+            shifts = torch.einsum("ek,ekl->el", self.edge_cell_shifts, cell[self.batch[i]])
         return positions[j] - positions[i] + shifts
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":

@@ -74,6 +74,7 @@ class Neighbors(NamedTuple):
     unit: torch.Tensor
     fcut: torch.Tensor
     rbf: torch.Tensor
+    pair_index: torch.Tensor | None = None  # (N * M,) i * N + j per dense slot, when scores come from all pairs
 
 
 class TransformerLayer(nn.Module):
@@ -101,9 +102,17 @@ class TransformerLayer(nn.Module):
         heads, width = self.num_heads, f // self.num_heads
         q, k, v = self.qkv(self.norm(s)).chunk(3, dim=-1)
         slots = nb.fcut.shape  # (N, M) dense or (E,) sparse
-        k_j = k.index_select(0, nb.neighbors).view(*slots, heads, width)
-        q_i = q.view(n, 1, heads, width) if nb.dense else q.index_select(0, nb.centers).view(-1, heads, width)
-        attention = nn.functional.silu((q_i * k_j).sum(-1) / math.sqrt(width)) * nb.fcut[..., None]
+        if nb.pair_index is not None:
+            # All-pairs scores per head by one matmul, then read at the neighbour slots: cheaper than gathering
+            # k_j per slot (and scattering its gradient back) while (N, N) per head stays small.
+            qh, kh = q.view(n, heads, width).transpose(0, 1), k.view(n, heads, width).transpose(0, 1)
+            scores = torch.bmm(qh, kh.transpose(1, 2)).view(heads, n * n).index_select(1, nb.pair_index)
+            scores = scores.t().reshape(*slots, heads)
+        else:
+            k_j = k.index_select(0, nb.neighbors).view(*slots, heads, width)
+            q_i = q.view(n, 1, heads, width) if nb.dense else q.index_select(0, nb.centers).view(-1, heads, width)
+            scores = (q_i * k_j).sum(-1)
+        attention = nn.functional.silu(scores / math.sqrt(width)) * nb.fcut[..., None]
         value = (v.index_select(0, nb.neighbors).view(*slots, heads, width) * attention[..., None]).view(*slots, f)
         scalar = value * self.radial_s(nb.rbf)
         vector = value * self.radial_v(nb.rbf)
@@ -154,6 +163,8 @@ class BambooPotential(Potential):
         f = cfg.num_features
         self.num_layers = cfg.num_layers
         self.layout = "auto"  # "dense" | "sparse" | "auto" (dense when padding wastes < 50 %); same results
+        # Dense layout: attention scores from an (N, N) matmul per head up to this many atoms (memory ~ 4 H N^2 bytes).
+        self.all_pair_scores_max_atoms = 2048
         index = torch.full((119,), -1, dtype=torch.long)
         index[torch.tensor(cfg.species)] = torch.arange(len(cfg.species))
         self.register_buffer("species_index", index, persistent=False)
@@ -188,13 +199,16 @@ class BambooPotential(Potential):
         self.config["reference_energies"] = {z: reference[k] for k, z in enumerate(self.species)}
         self.config["energy_scale"] = float(self.energy_scale)
 
-    def features(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor):
-        """Scalar features (N, F) after the transformer layers."""
-        species = self.species_index[graph.atomic_numbers]
+    def edges(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor):
+        """Edges within the cutoff: index (2, E) and vectors r_ij (E, 3). The graph's list may carry a skin."""
         vectors = graph.edge_vectors(positions, cell)
+        inside = vectors.norm(dim=1) < self.cutoff
+        return graph.edge_index[:, inside], vectors[inside]
+
+    def features(self, graph: AtomicGraph, edge_index: torch.Tensor, vectors: torch.Tensor):
+        """Scalar features (N, F) after the transformer layers, from :meth:`edges`."""
+        species = self.species_index[graph.atomic_numbers]
         cutoff = self.cutoff
-        inside = vectors.norm(dim=1) < cutoff  # the list may carry a skin; edges beyond the cutoff drop out here
-        edge_index, vectors = graph.edge_index[:, inside], vectors[inside]
         n = graph.num_atoms
         degree_max = int(torch.bincount(edge_index[0], minlength=n).max()) if edge_index.shape[1] else 1
         dense = self.layout == "dense" or (self.layout == "auto" and n * degree_max <= 1.5 * edge_index.shape[1])
@@ -207,7 +221,10 @@ class BambooPotential(Potential):
             unit = vectors / r[:, None]
         fcut = cosine_cutoff(r, cutoff)
         rbf = self.rbf(r.flatten()).view(*r.shape, -1) * fcut[..., None]
-        nb = Neighbors(dense, centers, neighbors, unit, fcut, rbf)
+        pair_index = None
+        if dense and n <= self.all_pair_scores_max_atoms:
+            pair_index = torch.arange(n, device=neighbors.device).repeat_interleave(r.shape[1]) * n + neighbors
+        nb = Neighbors(dense, centers, neighbors, unit, fcut, rbf, pair_index)
         s = self.embedding(species)
         V = s.new_zeros(s.shape[0], 3, s.shape[1])
         for layer in self.layers:
@@ -215,7 +232,8 @@ class BambooPotential(Potential):
         return s, species
 
     def compute_energy(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> dict[str, torch.Tensor]:
-        s, species = self.features(graph, positions, cell)
+        edge_index, vectors = self.edges(graph, positions, cell)
+        s, species = self.features(graph, edge_index, vectors)
         dtype = positions.dtype
         energies = self.energy_head(s)[:, 0] * self.energy_scale.to(dtype) + self.reference_energies.to(dtype)[species]
 
@@ -226,7 +244,7 @@ class BambooPotential(Potential):
         eta = nn.functional.softplus(self.eta_raw)
         electrostatic = self.chi[species] * charges + eta[species] * charges**2
         if self.coulomb is not None:
-            electrostatic = electrostatic + self.coulomb(graph, charges, positions, cell)
+            electrostatic = electrostatic + self.coulomb(graph, charges, positions, cell, edge_index, vectors.norm(dim=1))
         energies = energies + electrostatic
         if self.dispersion is not None:
             energies = energies + self.dispersion(graph, positions, cell)

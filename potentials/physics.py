@@ -54,15 +54,23 @@ class DampedCoulomb(nn.Module):
         self.short_cutoff = short_cutoff
         self.smearing = smearing
         self.mesh_spacing = mesh_spacing
+        self._calculators: dict = {}
 
-    def forward(self, graph: AtomicGraph, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def forward(self, graph: AtomicGraph, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                edge_index: torch.Tensor | None = None, distances: torch.Tensor | None = None) -> torch.Tensor:
+        """``edge_index`` (2, E) and ``distances`` (E,): optional full neighbour list of the batch within
+        ``short_cutoff`` (the model's own), reused for the real-space part of PME instead of a new list."""
         energies = torch.zeros_like(charges)
         periodic = graph.pbc.any(dim=1)
         for b in range(graph.num_graphs):
             start, stop = int(graph.ptr[b]), int(graph.ptr[b + 1])
             q, pos = charges[start:stop], positions[start:stop]
             if bool(periodic[b]):
-                energies = energies.index_add(0, torch.arange(start, stop), self._periodic(graph, b, q, pos, cell[b]))
+                pairs = None
+                if edge_index is not None:
+                    mine = slice(None) if graph.num_graphs == 1 else graph.batch[edge_index[0]] == b
+                    pairs = (edge_index[:, mine] - start, distances[mine])
+                energies = energies.index_add(0, torch.arange(start, stop), self._periodic(graph, b, q, pos, cell[b], pairs))
             else:
                 energies = energies.index_add(0, torch.arange(start, stop), self._cluster(q, pos))
         return energies
@@ -77,23 +85,36 @@ class DampedCoulomb(nn.Module):
         pair = 0.5 * COULOMB_EV_A * q[i] * q[j] * kernel
         return torch.zeros_like(q).index_add(0, i, pair).index_add(0, j, pair)
 
-    def _periodic(self, graph: AtomicGraph, b: int, q: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def _pme(self, dtype: torch.dtype, device: torch.device, full_list: bool):
         import torchpme
 
+        key = (dtype, str(device), full_list)
+        if key not in self._calculators:  # a plain dict, so the calculators stay out of the state_dict
+            potential = torchpme.CoulombPotential(smearing=self.smearing)
+            self._calculators[key] = torchpme.PMECalculator(potential, mesh_spacing=self.mesh_spacing,
+                                                            full_neighbor_list=full_list).to(dtype=dtype, device=device)
+        return self._calculators[key]
+
+    def _periodic(self, graph: AtomicGraph, b: int, q: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor,
+                  pairs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         if not bool(graph.pbc[b].all()):
             raise NotImplementedError("Coulomb for partly periodic cells is not supported; use pbc=(True, True, True) or False")
-        # Half neighbour list at the real-space cutoff; it depends only on positions, so build it outside autograd.
-        i, j, shifts = neighbor_list(pos.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy(),
-                                     np.ones(3, dtype=bool), self.short_cutoff, full=False)
-        i_t = torch.from_numpy(i).to(q.device)
-        j_t = torch.from_numpy(j).to(q.device)
-        s_t = torch.from_numpy(shifts).to(dtype=pos.dtype, device=q.device)
-        r = (pos[j_t] - pos[i_t] + s_t @ cell).norm(dim=1)
-        potential = torchpme.CoulombPotential(smearing=self.smearing).to(dtype=pos.dtype, device=pos.device)
-        calculator = torchpme.PMECalculator(potential, mesh_spacing=self.mesh_spacing).to(dtype=pos.dtype, device=pos.device)
+        if pairs is None:
+            # Half neighbour list at the real-space cutoff; it depends only on positions, so build it outside autograd.
+            i, j, shifts = neighbor_list(pos.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy(),
+                                         np.ones(3, dtype=bool), self.short_cutoff, full=False)
+            i_t = torch.from_numpy(i).to(q.device)
+            j_t = torch.from_numpy(j).to(q.device)
+            s_t = torch.from_numpy(shifts).to(dtype=pos.dtype, device=q.device)
+            r = (pos[j_t] - pos[i_t] + s_t @ cell).norm(dim=1)
+            pair_share = 0.5  # each pair once: half its energy to each atom
+        else:
+            (i_t, j_t), r = pairs
+            pair_share = 0.25  # each pair twice (i->j and j->i)
+        calculator = self._pme(pos.dtype, pos.device, full_list=pairs is not None)
         phi = calculator(q[:, None], cell, pos, torch.stack([i_t, j_t], dim=1), r)[:, 0]
         energies = COULOMB_EV_A * q * phi
-        pair = 0.5 * COULOMB_EV_A * q[i_t] * q[j_t] * damped_pair_kernel(r, self.r0, self.short_cutoff)
+        pair = pair_share * COULOMB_EV_A * q[i_t] * q[j_t] * damped_pair_kernel(r, self.r0, self.short_cutoff)
         return energies.index_add(0, i_t, pair).index_add(0, j_t, pair)
 
 
@@ -117,14 +138,16 @@ class Dispersion(nn.Module):
         self.register_buffer("r0", r0, persistent=False)
 
     def _pairs(self, graph: AtomicGraph, pos_np: np.ndarray, cell_np: np.ndarray):
-        """Half list of pairs within cutoff + skin, reused while no atom moved more than skin/2 (MD steps)."""
+        """Half list of pairs within cutoff + skin with their C6 and R^6, reused while no atom moved more than
+        skin/2 (MD steps). Returns i, j (P,), integer shifts (P, 3), c6 (P,), radius6 (P,) (float64 numpy)."""
         pbc = graph.pbc.cpu().numpy()
         ptr = graph.ptr.cpu().numpy()
+        numbers = graph.atomic_numbers.cpu().numpy()
         cached = self._cache
         if cached is not None and cached[0].shape == pos_np.shape and np.array_equal(cached[1], cell_np) \
-                and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr):
+                and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr) and np.array_equal(cached[4], numbers):
             if np.sqrt(((pos_np - cached[0]) ** 2).sum(axis=1).max(initial=0.0)) < 0.5 * self.skin:
-                return cached[4]
+                return cached[5]
         i_all, j_all, s_all = [], [], []
         for b in range(graph.num_graphs):
             start, stop = int(ptr[b]), int(ptr[b + 1])
@@ -132,19 +155,23 @@ class Dispersion(nn.Module):
             i_all.append(i + start)
             j_all.append(j + start)
             s_all.append(s)
-        pairs = (np.concatenate(i_all), np.concatenate(j_all), np.concatenate(s_all))
-        self._cache = (pos_np.copy(), cell_np.copy(), pbc.copy(), ptr.copy(), pairs)
+        i, j, s = np.concatenate(i_all), np.concatenate(j_all), np.concatenate(s_all)
+        c6, r0 = self.c6.cpu().numpy(), self.r0.cpu().numpy()
+        c6_ij = np.sqrt(c6[numbers[i]] * c6[numbers[j]])
+        radius6 = (self.a1 * (r0[numbers[i]] + r0[numbers[j]]) + self.a2) ** 6
+        pairs = (i, j, s, c6_ij, radius6)
+        self._cache = (pos_np.copy(), cell_np.copy(), pbc.copy(), ptr.copy(), numbers.copy(), pairs)
         return pairs
 
     def forward(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        numbers = graph.atomic_numbers
-        i, j, s = self._pairs(graph, positions.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy())
-        i = torch.from_numpy(i).to(positions.device)
-        j = torch.from_numpy(j).to(positions.device)
-        s = torch.from_numpy(s).to(dtype=positions.dtype, device=positions.device)
-        shifts = torch.einsum("ek,ekl->el", s, cell[graph.batch[i]])
-        r = (positions[j] - positions[i] + shifts).norm(dim=1)
-        c6 = torch.sqrt(self.c6[numbers[i]] * self.c6[numbers[j]]).to(positions.dtype)
-        radius = (self.a1 * (self.r0[numbers[i]] + self.r0[numbers[j]]) + self.a2).to(positions.dtype)
-        pair = -0.5 * self.s6 * c6 / (r**6 + radius**6) * smooth_switch(r, self.cutoff - 1.0, self.cutoff)
+        i, j, s, c6, radius6 = (torch.from_numpy(a).to(positions.device) for a in
+                                self._pairs(graph, positions.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy()))
+        s, c6, radius6 = (a.to(positions.dtype) for a in (s, c6, radius6))
+        if graph.num_graphs == 1:
+            shifts = s @ cell[0]  # one matmul; the batched form gathers a 3x3 cell per pair
+        else:
+            shifts = torch.einsum("ek,ekl->el", s, cell[graph.batch[i]])
+        d = positions[j] - positions[i] + shifts
+        r2 = (d * d).sum(dim=1)
+        pair = (-0.5 * self.s6) * c6 / (r2**3 + radius6) * smooth_switch(torch.sqrt(r2), self.cutoff - 1.0, self.cutoff)
         return torch.zeros_like(positions[:, 0]).index_add(0, i, pair).index_add(0, j, pair)

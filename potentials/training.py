@@ -358,7 +358,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             sums["n"] = sums.get("n", 0) + 1
             if bar is not None:
-                bar.update(task, completed=state["step"], epoch=state["epoch"], info=f"loss {float(loss):.4g}")
+                bar.update(task, completed=state["step"], epoch=state["epoch"], info=f"loss {loss.item():.4g}")
         state["epoch"] += 1
         state["elapsed"] = time.time() - start_time
         if rank == 0:

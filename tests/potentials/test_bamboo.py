@@ -60,18 +60,39 @@ def test_pme_reproduces_madelung_energy_of_rocksalt():
 
 
 @pytest.mark.parametrize("periodic", [False, True])
-def test_dense_and_sparse_neighbour_layouts_agree(periodic):
+def test_dense_sparse_and_all_pair_score_layouts_agree(periodic):
     from tests.conftest import periodic_box
 
     model = BambooPotential(SMALL).double().eval()
     atoms = periodic_box() if periodic else water_cluster(4)
     graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
     results = {}
-    for layout in ("dense", "sparse"):
-        model.layout = layout
+    for layout, all_pairs_up_to in (("dense", 0), ("dense-all-pairs", 10**6), ("sparse", 0)):
+        model.layout = layout.split("-")[0]
+        model.all_pair_scores_max_atoms = all_pairs_up_to
         results[layout] = model(graph, compute_forces=True)
-    assert torch.allclose(results["dense"][keys.ENERGY], results["sparse"][keys.ENERGY], atol=1e-10)
-    assert torch.allclose(results["dense"][keys.FORCES], results["sparse"][keys.FORCES], atol=1e-10)
+    for layout in ("dense-all-pairs", "sparse"):
+        assert torch.allclose(results["dense"][keys.ENERGY], results[layout][keys.ENERGY], atol=1e-10)
+        assert torch.allclose(results["dense"][keys.FORCES], results[layout][keys.FORCES], atol=1e-10)
+
+
+def test_pme_real_space_on_the_models_full_list_matches_a_fresh_half_list():
+    from tests.conftest import periodic_box
+
+    from potentials.physics import DampedCoulomb
+
+    atoms = periodic_box()
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    charges = torch.linspace(-0.5, 0.5, len(atoms), dtype=torch.float64)
+    charges -= charges.mean()
+    coulomb = DampedCoulomb(r0=2.2, short_cutoff=5.0, smearing=1.2, mesh_spacing=1.0)
+    vectors = graph.edge_vectors()
+    r = vectors.norm(dim=1)
+    inside = r < 5.0
+    reused = coulomb(graph, charges, graph.positions, graph.cell, graph.edge_index[:, inside], r[inside])
+    fresh = coulomb(graph, charges, graph.positions, graph.cell)
+    assert torch.allclose(reused.sum(), fresh.sum(), atol=1e-10)
+    assert torch.allclose(reused, fresh, atol=1e-10)
 
 
 def test_dispersion_pair_list_reuse_matches_a_fresh_list():
