@@ -6,8 +6,8 @@ import pytest
 from mlmd.errors import InputError
 from mlmd.units import KB_EV_PER_K
 from workflows.analysis.transport import (S_PER_M_PER_E2_PER_A_EV_FS, box_length_from_cell, corrected_diffusion,
-                                          ionic_conductivity, make_units, msd_fft, self_diffusion, yeh_hummer,
-                                          yeh_hummer_correction)
+                                          ionic_conductivity, make_units, msd_fft, msd_regime, self_diffusion,
+                                          yeh_hummer, yeh_hummer_correction)
 
 DT = 10.0
 
@@ -37,6 +37,20 @@ def test_brownian_self_diffusion_with_drift_removed():
     assert res.fit.exponent == pytest.approx(1.0, abs=0.02)
     assert res.method == "blocking" and res.converged
     assert res.d_m2_per_s == pytest.approx(res.d * 1e-5)
+
+
+def test_msd_regime_tells_diffusive_from_ballistic_and_caged_motion():
+    n, frames = 200, 400
+    rng = np.random.default_rng(3)
+    walk = self_diffusion(brownian(np.full(n, 0.01), frames, 2), DT, np.ones(n), ["A"] * n)["A"]
+    velocities = rng.standard_normal((1, n, 3)) * 0.01
+    flight = self_diffusion(velocities * DT * np.arange(frames)[:, None, None], DT, np.ones(n), ["A"] * n)["A"]
+    cage = self_diffusion(rng.standard_normal((frames, n, 3)) * 0.3, DT, np.ones(n), ["A"] * n)["A"]
+    assert walk.regime == "diffusive" and walk.msd_exponent == pytest.approx(1.0, abs=0.05)
+    assert flight.regime == "ballistic" and flight.msd_exponent == pytest.approx(2.0, abs=0.05)
+    assert cage.regime == "subdiffusive" and cage.msd_exponent < 0.2
+    assert msd_regime(1.19) == "diffusive" and msd_regime(1.21) == "ballistic" and msd_regime(0.79) == "subdiffusive"
+    assert msd_regime(float("nan")) == "unknown"
 
 
 def test_self_diffusion_error_bar_is_calibrated():

@@ -177,6 +177,20 @@ def _fit_curve(msd: np.ndarray, dt_fs: float, i0: int, i1: int) -> tuple[float, 
     return float(slope), float(intercept), exponent
 
 
+#: |log-log MSD slope - 1| up to which a fit window counts as diffusive.
+DIFFUSIVE_EXPONENT_TOLERANCE = 0.2
+
+
+def msd_regime(exponent: float, tolerance: float = DIFFUSIVE_EXPONENT_TOLERANCE) -> str:
+    """"diffusive" when the log-log MSD slope is within ``tolerance`` of 1, "ballistic" above (too short: the
+    motion is still inertial or caged-free flight), "subdiffusive" below (caged), "unknown" when it is not finite."""
+    if not np.isfinite(exponent):
+        return "unknown"
+    if abs(exponent - 1.0) <= tolerance:
+        return "diffusive"
+    return "ballistic" if exponent > 1.0 else "subdiffusive"
+
+
 # --------------------------------------------------------------------------------------------- inputs
 
 def _replicas(positions) -> list[np.ndarray]:
@@ -267,7 +281,7 @@ class DiffusionResult:
     replica_values: np.ndarray = field(repr=False)
     fit: MSDFit = field(repr=False)
 
-    _summary_properties = ("d_m2_per_s", "sem_m2_per_s", "window_fs", "msd_exponent")
+    _summary_properties = ("d_m2_per_s", "sem_m2_per_s", "window_fs", "msd_exponent", "regime")
 
     @property
     def window_fs(self) -> tuple[float, float]:
@@ -277,6 +291,11 @@ class DiffusionResult:
     def msd_exponent(self) -> float:
         """Log–log slope of the MSD over the fit window (1 when diffusive)."""
         return self.fit.exponent
+
+    @property
+    def regime(self) -> str:
+        """:func:`msd_regime` of the fit window: transport numbers mean something only when "diffusive"."""
+        return msd_regime(self.fit.exponent)
 
     @property
     def d_m2_per_s(self) -> float:

@@ -196,8 +196,16 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
             props[f"D_{k}_pbc"] = res.d * D_UNIT
             d, sem = corrected[sp] if corrected else (res.d, res.sem)
             props[f"D_{k}"], props[f"D_{k}_sem"] = d * D_UNIT, sem * D_UNIT
+            props[f"msd_exponent_{k}"] = res.msd_exponent
             if not res.converged:
                 notes.append(f"diffusion {sp}: error bar not converged")
+        regimes = {sp: res.regime for sp, res in diff.items()}
+        props["transport_diffusive"] = all(r == "diffusive" for r in regimes.values())
+        if not props["transport_diffusive"]:
+            slopes = ", ".join(f"{sp} {diff[sp].msd_exponent:.2f} ({r})" for sp, r in regimes.items() if r != "diffusive")
+            notes.append(f"transport: the MSD is not diffusive over the fit window (log-log slope, 1 when diffusive: "
+                         f"{slopes}); diffusion, conductivity and transference numbers are not estimates, run longer "
+                         f"replicas")
         summaries["diffusion"] = {sp: summary(res) for sp, res in diff.items()}
         figure("msd", lambda path: plot_msd(diff, path))
     except Exception as exc:

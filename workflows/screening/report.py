@@ -31,6 +31,9 @@ COLUMNS = [
     ("pair_AGG", "AGG", "", "pair_AGG_sem"),
 ]
 DEFAULT_RANK = "sigma_Einstein_mS_cm"
+#: Columns that mean something only when the MSD was diffusive over its fit window (``transport_diffusive``).
+MSD_COLUMNS = {"sigma_NE_mS_cm", "sigma_Einstein_mS_cm", "t_Li_NE", "t_Li_Onsager", "D_Li"}
+NOT_DIFFUSIVE_MARK = " †"
 _FIGURES = ("density", "rdf", "msd", "green_kubo")
 
 
@@ -60,11 +63,26 @@ def load_rows(database: str) -> list[dict[str, Any]]:
     return rows
 
 
+def not_diffusive(row: dict[str, Any]) -> bool:
+    """The row's transport replicas never reached the diffusive regime (their MSD-based numbers are not estimates)."""
+    return row.get("transport_diffusive") is not None and not row.get("transport_diffusive")
+
+
+def _cell(row: dict[str, Any], key: str, sem: str) -> str:
+    text = _fmt(row.get(key), row.get(sem))
+    return text + NOT_DIFFUSIVE_MARK if key in MSD_COLUMNS and text != "–" and not_diffusive(row) else text
+
+
 def ranked(rows: list[dict[str, Any]], rank_by: str = DEFAULT_RANK) -> list[dict[str, Any]]:
-    """Finished rows by ``rank_by`` descending (missing values last), then failed rows."""
+    """Finished rows by ``rank_by`` descending (missing values last, and so are MSD-based values of rows that were
+    not diffusive), then failed rows."""
     done = [r for r in rows if r.get("status") == "done"]
     failed = [r for r in rows if r.get("status") != "done"]
-    done.sort(key=lambda r: (r.get(rank_by) is None, -(r.get(rank_by) or 0.0)))
+
+    def value(r):
+        return None if rank_by in MSD_COLUMNS and not_diffusive(r) else r.get(rank_by)
+
+    done.sort(key=lambda r: (value(r) is None, -(value(r) or 0.0)))
     return done + sorted(failed, key=lambda r: r.get("formulation", ""))
 
 
@@ -73,13 +91,15 @@ def results_table(database: str, rank_by: str = DEFAULT_RANK) -> str:
     rows = ranked(load_rows(database), rank_by)
     cols = [("formulation", lambda r: r.get("formulation", "?"))]
     for key, head, unit, sem in COLUMNS[:6]:
-        cols.append((f"{head} ({unit})" if unit else head, lambda r, k=key, s=sem: _fmt(r.get(k), r.get(s))))
+        cols.append((f"{head} ({unit})" if unit else head, lambda r, k=key, s=sem: _cell(r, k, s)))
     cols.append(("status", lambda r: r.get("status", "?") if r.get("status") == "done"
                  else f"failed at {r.get('stage', '?')}: {r.get('error', '')[:60]}"))
     table = [[c[0] for c in cols]] + [[str(fn(r)) for _, fn in cols] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(not_diffusive(r) for r in rows):
+        lines.append(_DEFINITIONS[-1])
     return "\n".join(lines)
 
 
@@ -167,6 +187,8 @@ _DEFINITIONS = [
     "D are Yeh–Hummer corrected with the computed viscosity. Ion pairing: free = no anion in the Li⁺ first shell, "
     "CIP = one anion not shared, AGG = otherwise.",
     "The model's epistemic spread is reported only for models that carry posterior samples.",
+    f"{NOT_DIFFUSIVE_MARK.strip()} The mean squared displacement was not diffusive over its fit window (log-log slope "
+    "more than 0.2 from 1): the transport replicas are too short, so σ, t(Li⁺) and D are not estimates and do not rank.",
 ]
 
 
@@ -177,7 +199,7 @@ def _markdown(rows, rank_by, title, bars, per, database) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for k, r in enumerate(rows, 1):
-        cells = [str(k), str(r.get("formulation", "?"))] + [_fmt(r.get(key), r.get(sem)) for key, _, _, sem in COLUMNS]
+        cells = [str(k), str(r.get("formulation", "?"))] + [_cell(r, key, sem) for key, _, _, sem in COLUMNS]
         cells.append(r.get("status", "?") if r.get("status") == "done" else
                      f"failed at {r.get('stage', '?')}: {str(r.get('error', '')).replace('|', '/')}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -204,7 +226,7 @@ def _html(rows, rank_by, title, bars, per, database) -> str:
     trs = []
     for k, r in enumerate(rows, 1):
         ok = r.get("status") == "done"
-        cells = [str(k), str(r.get("formulation", "?"))] + [_fmt(r.get(key), r.get(sem)) for key, _, _, sem in COLUMNS]
+        cells = [str(k), str(r.get("formulation", "?"))] + [_cell(r, key, sem) for key, _, _, sem in COLUMNS]
         cells.append("done" if ok else f"failed at {r.get('stage', '?')}: {r.get('error', '')}")
         cls = "" if ok else ' class="failed"'
         trs.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
