@@ -61,6 +61,12 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None) -
     test = [make_sample(a, model.cutoff, model.species) for a in frames if split_of(a) == "test"]
     if test:
         metrics["test"] = evaluate_samples(model, test)
+    if len(meta.get("data", [])) > 1:  # each data set's own test split, comparable across models trained on fewer sets
+        metrics["test_by_data"] = {}
+        for entry in meta["data"]:
+            own = [make_sample(a, model.cutoff, model.species) for a in read_frames(entry) if split_of(a) == "test"]
+            if own:
+                metrics["test_by_data"][str(entry)] = evaluate_samples(model, own)
     if transfer is not None and Path(transfer).exists():
         transfer_frames = read_frames(transfer)
         metrics["transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer_frames])
