@@ -66,3 +66,33 @@ def test_unknown_calculator():
     with pytest.raises(InputError, match="gfn1-xtb"):
         make_calculator("dftb")
     assert rank([{"candidate": 0, "survived": False}])[0]["candidate"] == 0
+
+
+def test_supercell_calculator_matches_the_direct_result_of_a_short_ranged_potential():
+    from workflows.crystals import SupercellCalculator, perpendicular_widths
+
+    atoms = bulk("Cu", "fcc", a=3.61) * (1, 1, 2)  # 2-atom cell, 2.55 Å faces apart: needs repeats
+    atoms.rattle(0.05, seed=1)
+    direct = atoms.copy()
+    direct.calc = EMT()
+    wrapped = atoms.copy()
+    wrapped.calc = SupercellCalculator(EMT(), min_width=9.0)
+    reps = wrapped.calc.repeats(atoms)
+    assert (perpendicular_widths(atoms.repeat(reps).cell) >= 9.0).all() and np.prod(reps) > 10
+    assert wrapped.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(wrapped.get_forces(), direct.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(wrapped.get_stress(), direct.get_stress(), atol=1e-9)
+    assert np.abs(direct.get_forces()).max() > 0.05  # the check is not trivially zero
+
+
+def test_make_calculator_accepts_an_mlmd_checkpoint(tmp_path):
+    from mlmd.calculator import MLMDCalculator
+    from mlmd.checkpoint import save_checkpoint
+    from potentials.bamboo import BambooPotential
+
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(BambooPotential({"num_features": 8, "num_rbf": 4, "num_layers": 1, "num_heads": 2,
+                                     "coulomb": False, "dispersion": False}), path)
+    assert isinstance(make_calculator(str(path)), MLMDCalculator)
+    with pytest.raises(InputError, match="bundled mlmd model"):
+        make_calculator(str(tmp_path / "missing.pt"))

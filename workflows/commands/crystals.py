@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
     def screen_crystals(
         cifs: Path = typer.Argument(..., help="folder of CIFs (e.g. from `mlmd generate crystals`)"),
         db: Path = typer.Option(..., "--db", help="ASE database for results (resumable)"),
-        calculator: str = typer.Option("gfn1-xtb", "--calculator", help="gfn1-xtb, gfn2-xtb or emt"),
+        calculator: str = typer.Option("gfn1-xtb", "--calculator",
+                                       help="gfn1-xtb, gfn2-xtb (on supercells >= 10 Å wide), emt, or an mlmd model name or checkpoint"),
         fmax: float = typer.Option(0.05, "--fmax"),
         relax_steps: int = typer.Option(300, "--relax-steps"),
         md_steps: int = typer.Option(200, "--md-steps"),

@@ -35,3 +35,23 @@ def register(app: typer.Typer) -> None:
             calculator=calculator, sampler=sampler,
         )
         run_label(cfg, progress=not no_progress)
+
+    @app.command("label-crystals")
+    def label_crystals(
+        config: Optional[Path] = typer.Argument(None, help="YAML file with CrystalLabelConfig fields (CLI flags override it)."),
+        data: Optional[str] = typer.Option(None, "--data", help="CSV with a 'cif' column, or carbon_24 / perov_5."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (extxyz shards + MANIFEST.json)."),
+        n_structures: Optional[int] = typer.Option(None, "--n-structures", help="About this many crystals in all."),
+        calculator: Optional[str] = typer.Option(None, "--calculator", help="gfn1-xtb, gfn2-xtb, emt or module:factory."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    ) -> None:
+        """Label crystals (as given, strained, rattled, hot MD) with energy, forces and stress for a crystal potential."""
+        from workflows.labelling.crystals import load_crystal_label_config, run_label_crystals
+
+        cfg = load_crystal_label_config(config, data=data, out=str(out) if out else None, n_structures=n_structures,
+                                        calculator=calculator, workers=workers)
+        m = run_label_crystals(cfg, progress=not no_progress)
+        typer.echo(f"{m['n_frames']} frames from {m['n_crystals']} crystals in {cfg.out} "
+                   f"(by split {m['frames_by_split']}; dropped {m['dropped'] or 'none'}; "
+                   f"{m['n_malformed_rows']} malformed CSV rows skipped)")

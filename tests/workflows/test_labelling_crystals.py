@@ -1,0 +1,78 @@
+"""mlmd label-crystals: frames, labels and splits of periodic crystals; resume; bad input (EMT as the reference)."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import read
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from mlmd import keys
+from mlmd.errors import ConfigError
+from workflows.labelling.crystals import load_crystal_label_config, run_label_crystals
+
+
+def carbon_csv(path, n=10):
+    rows = []
+    for k in range(n):
+        atoms = bulk("C", "diamond", a=3.5 + 0.02 * k)
+        rows.append({"material_id": f"C-{k}", "cif": AseAtomsAdaptor.get_structure(atoms).to(fmt="cif")})
+    rows.append({"material_id": "broken", "cif": "data_x\n_cell_length_a nonsense\n"})
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["material_id", "cif"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def config(tmp_path, **kw):
+    settings = dict(data=str(carbon_csv(tmp_path / "c.csv")), out=str(tmp_path / "out"), calculator="emt",
+                    n_strained=1, n_rattled=1, md_steps=4, md_keep=2, shard_size=4, min_width=6.0)
+    settings.update(kw)
+    return load_crystal_label_config(None, **settings)
+
+
+def test_frames_carry_labels_and_the_generators_split_and_a_rerun_resumes(tmp_path):
+    cfg = config(tmp_path)
+    manifest = run_label_crystals(cfg, progress=False)
+    assert manifest["n_crystals"] == 10 and manifest["n_malformed_rows"] == 1
+    frames = [a for p in sorted((tmp_path / "out").glob("shard_*.extxyz.gz")) for a in read(p, ":")]
+    assert len(frames) == manifest["n_frames"] == 10 * 5  # given, strained, rattled, 2 MD snapshots
+    kinds = {a.info[keys.CONFIG_TYPE] for a in frames}
+    assert kinds == {"given", "strained", "rattled", "md"}
+    for a in frames:
+        assert a.pbc.all() and np.isfinite(a.info[keys.REF_ENERGY])
+        assert a.arrays[keys.REF_FORCES].shape == (len(a), 3) and np.asarray(a.info[keys.REF_STRESS]).shape == (6,)
+    # Same split as the crystal generators (seed 42): every crystal's frames share one split.
+    from generative.data import read_crystal_csv, split_indices
+
+    ds = read_crystal_csv(cfg.data)
+    expected = {ds.records[i].material_id: s for s, idx in split_indices(len(ds), 42).items() for i in idx}
+    assert all(a.info["split"] == expected[a.info["material_id"]] for a in frames)
+    # A strained frame's label is EMT's own result on that frame.
+    from ase.calculators.emt import EMT
+
+    strained = next(a for a in frames if a.info[keys.CONFIG_TYPE] == "strained")
+    check = strained.copy()
+    check.calc = EMT()
+    assert check.get_potential_energy() == pytest.approx(strained.info[keys.REF_ENERGY], abs=1e-6)
+    # Rerun: finished shards are not rewritten.
+    shard = tmp_path / "out" / "shard_000.extxyz.gz"
+    mtime = shard.stat().st_mtime_ns
+    assert run_label_crystals(cfg, progress=False)["n_frames"] == manifest["n_frames"]
+    assert shard.stat().st_mtime_ns == mtime
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="n_strained"):
+        config(tmp_path, n_strained=-1)
+    with pytest.raises(ConfigError, match="unknown|extra|forbidden|Extra"):
+        config(tmp_path, strain=0.1)
+    (tmp_path / "nocif.csv").write_text("material_id,structure\nx,y\n")
+    out = subprocess.run([sys.executable, "-m", "workflows.cli", "label-crystals", "--data", str(tmp_path / "nocif.csv"),
+                          "--out", str(tmp_path / "o"), "--calculator", "emt", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no 'cif' column" in out.stderr and "Traceback" not in out.stderr

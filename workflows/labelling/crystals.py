@@ -1,0 +1,247 @@
+"""``mlmd label-crystals``: periodic reference data for a crystal potential (e.g. carbon_24 with GFN1-xTB).
+
+Each crystal of a CDVAE-style CSV gives frames labelled with energy, forces and stress: the crystal as given,
+``n_strained`` copies under a random symmetric strain, ``n_rattled`` copies with Gaussian displacements, and
+``md_keep`` snapshots of a short hot Langevin run. Every frame carries the crystal's ``split`` from the same seeded
+split the crystal generators use (:func:`generative.data.split_indices`), so a potential trained on the train
+crystals is tested on crystals it never saw, and the generators' test crystals stay unseen by both.
+
+Output folder::
+
+    OUT/shard_000.extxyz.gz   crystals [0, shard_size) of the (shuffled) selection, written atomically when complete
+    OUT/MANIFEST.json         settings, frame counts, skipped crystals and why
+
+A rerun skips finished shards (resume); a failed label (SCF not converged, forces above ``max_force``) drops that
+frame and is counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import time
+from collections import Counter
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlmd import keys
+from mlmd.errors import ConfigError
+from mlmd.io import atomic_path, atomic_write_text
+
+
+class CrystalLabelConfig(BaseModel):
+    """Settings of ``mlmd label-crystals`` (YAML; CLI flags override)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="CSV with a 'cif' column, or a data-set name (carbon_24, perov_5)")
+    out: str
+    n_structures: int | None = Field(None, gt=0, description="about this many crystals in all, from each split in proportion")
+    split_seed: int = 42  # the generators' default: the same crystals are train/val/test for both
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    calculator: str = "gfn1-xtb"  # gfn1-xtb | gfn2-xtb | emt | module:factory
+    min_width: float = Field(10.0, gt=0)  # Å; xTB (Gamma point only) sees the cell repeated at least this wide
+    max_atoms: int = Field(24, gt=0)
+    n_strained: int = Field(2, ge=0)
+    strain_max: float = Field(0.04, ge=0, lt=0.5)
+    n_rattled: int = Field(2, ge=0)
+    rattle_std: tuple[float, float] = (0.03, 0.12)
+    md_steps: int = Field(20, ge=0)
+    md_keep: int = Field(2, ge=0)
+    md_temperature_K: tuple[float, float] = (500.0, 2000.0)
+    md_timestep_fs: float = Field(1.0, gt=0)
+    max_force: float = Field(50.0, gt=0)  # eV/Å; frames above are dropped as unphysical
+    shard_size: int = Field(25, gt=0)
+    workers: int = Field(1, gt=0)
+
+
+def load_crystal_label_config(path: str | Path | None, **overrides: Any) -> CrystalLabelConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CrystalLabelConfig(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise ConfigError(f"label-crystals setting {where!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def make_reference(name: str, min_width: float = 10.0):
+    """An ASE calculator by name (:func:`workflows.crystals.make_calculator`) or ``module:factory``."""
+    if ":" in name:
+        from mlmd.registry import load_callable
+
+        return load_callable(name, "calculator")()
+    from workflows.crystals import make_calculator
+
+    return make_calculator(name, min_width)
+
+
+def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], int]:
+    """(split, CrystalRecord) pairs to label, in a fixed order, and the number of unreadable CSV rows."""
+    from generative.data import read_crystal_csv, split_indices
+
+    ds = read_crystal_csv(cfg.data)
+    if not ds.records:
+        raise ConfigError(f"no readable crystal in {cfg.data!r} ({ds.n_skipped} malformed rows)")
+    idx = split_indices(len(ds), cfg.split_seed, cfg.split)
+    chosen = []
+    for split in ("train", "val", "test"):
+        keep = [i for i in idx[split] if ds.records[i].n_atoms <= cfg.max_atoms]
+        if cfg.n_structures is not None:
+            keep = keep[: max(1, round(cfg.n_structures * len(idx[split]) / len(ds)))]
+        chosen += [(split, ds.records[i]) for i in keep]
+    return chosen, ds.n_skipped
+
+
+def _labels(atoms, calc, max_force: float) -> dict[str, np.ndarray] | None:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    try:
+        energy = float(atoms.get_potential_energy())
+        forces = np.asarray(atoms.get_forces(), float)
+        stress = np.asarray(atoms.get_stress(voigt=True), float)
+    except Exception:  # noqa: BLE001 - SCF failure of the reference: the frame is dropped and counted
+        return None
+    if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+        return None
+    if np.abs(forces).max(initial=0.0) > max_force:
+        return None
+    return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def _random_strain(rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    e = rng.uniform(-amplitude, amplitude, size=(3, 3))
+    return np.eye(3) + 0.5 * (e + e.T)
+
+
+def sample_crystal(record, split: str, cfg: CrystalLabelConfig, calc, rng: np.random.Generator) -> tuple[list, Counter]:
+    """Frames (ase.Atoms with REF_* labels) of one crystal and counts of dropped labels by reason."""
+    from ase import Atoms, units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    base = Atoms(numbers=record.numbers, scaled_positions=record.frac, cell=record.lattice, pbc=True)
+    candidates = [("given", base)]
+    for _ in range(cfg.n_strained):
+        a = base.copy()
+        a.set_cell(base.cell.array @ _random_strain(rng, cfg.strain_max), scale_atoms=True)
+        candidates.append(("strained", a))
+    for _ in range(cfg.n_rattled):
+        a = base.copy()
+        a.positions += rng.normal(scale=rng.uniform(*cfg.rattle_std), size=a.positions.shape)
+        candidates.append(("rattled", a))
+    dropped: Counter = Counter()
+    if cfg.md_steps and cfg.md_keep:
+        a = base.copy()
+        a.calc = calc
+        temperature = float(rng.uniform(*cfg.md_temperature_K))
+        MaxwellBoltzmannDistribution(a, temperature_K=temperature, rng=rng)
+        dyn = Langevin(a, cfg.md_timestep_fs * units.fs, temperature_K=temperature, friction=0.02 / units.fs, rng=rng,
+                       fixcm=False)
+        every = max(1, cfg.md_steps // cfg.md_keep)
+        try:
+            for k in range(cfg.md_keep):
+                dyn.run(every)
+                snap = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
+                candidates.append(("md", snap))
+        except Exception:  # noqa: BLE001 - the reference failed mid-run: keep what was sampled
+            dropped["md_failed"] += 1
+    frames = []
+    for k, (sampling, a) in enumerate(candidates):
+        labels = _labels(a, calc, cfg.max_force)
+        if labels is None:
+            dropped[f"{sampling}_label_failed"] += 1
+            continue
+        fr = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
+        fr.info[keys.REF_ENERGY] = labels["energy"]
+        fr.info[keys.REF_STRESS] = labels["stress"]
+        fr.arrays[keys.REF_FORCES] = labels["forces"]
+        fr.info[keys.CONFIG_TYPE] = sampling
+        fr.info["material_id"] = record.material_id
+        fr.info["frame"] = k
+        fr.info["split"] = split
+        frames.append(fr)
+    return frames, dropped
+
+
+def _shard_path(out: Path, k: int) -> Path:
+    return out / f"shard_{k:03d}.extxyz.gz"
+
+
+def _label_shard(args: tuple[str, int, list]) -> dict:
+    """Worker: label one shard's crystals and write it atomically. Returns its counts."""
+    cfg_json, k, items = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = CrystalLabelConfig.model_validate_json(cfg_json)
+    calc = make_reference(cfg.calculator, cfg.min_width)
+    frames, dropped = [], Counter()
+    t0 = time.perf_counter()
+    for position, split, record in items:
+        rng = np.random.default_rng([cfg.seed, position])
+        got, lost = sample_crystal(record, split, cfg, calc, rng)
+        frames += got
+        dropped.update(lost)
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, frames, format="extxyz")
+    path = _shard_path(Path(cfg.out), k)
+    with atomic_path(path) as tmp:
+        with gzip.open(tmp, "wt") as fh:
+            fh.write(buf.getvalue())
+    return {"shard": k, "frames": len(frames), "by_split": dict(Counter(f.info["split"] for f in frames)),
+            "dropped": dict(dropped), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
+    """Label the selection shard by shard (skipping finished shards); writes and returns the manifest."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    make_reference(cfg.calculator, cfg.min_width)  # fail on a bad calculator name before any work
+    chosen, n_malformed = select(cfg)
+    items = [(i, split, rec) for i, (split, rec) in enumerate(chosen)]
+    shards = [items[s:s + cfg.shard_size] for s in range(0, len(items), cfg.shard_size)]
+    todo = [(cfg.model_dump_json(), k, sh) for k, sh in enumerate(shards) if not _shard_path(out, k).is_file()]
+    manifest_path = out / "MANIFEST.json"
+    previous = json.loads(manifest_path.read_text()).get("shards", {}) if manifest_path.is_file() else {}
+    results = {int(k): v for k, v in previous.items() if _shard_path(out, int(k)).is_file()}
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("labelling crystals", total=len(shards), completed=len(shards) - len(todo))
+        if cfg.workers > 1 and len(todo) > 1:
+            with get_context("spawn").Pool(cfg.workers) as pool:
+                for res in pool.imap_unordered(_label_shard, todo):
+                    results[res["shard"]] = res
+                    bar.advance(task)
+        else:
+            for job in todo:
+                res = _label_shard(job)
+                results[res["shard"]] = res
+                bar.advance(task)
+    dropped: Counter = Counter()
+    for r in results.values():
+        dropped.update(r.get("dropped", {}))
+    manifest = {"config": cfg.model_dump(), "n_crystals": len(items), "n_malformed_rows": n_malformed,
+                "n_frames": sum(r["frames"] for r in results.values()),
+                "frames_by_split": dict(sum((Counter(r["by_split"]) for r in results.values()), Counter())),
+                "dropped": dict(dropped), "shards": {str(k): results[k] for k in sorted(results)}}
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    return manifest
