@@ -1,6 +1,6 @@
 """Speed and memory: mlmd's BAMBOO potential vs MACE (64x0e, 2 interactions, r_max 5 Å) through the ASE calculator.
 
-    .venv/bin/python -m benchmarks.speed [--calls 5] [--threads 2] [--out benchmarks/results/speed.json]
+    .venv/bin/python -m benchmarks.speed [--calls 15] [--threads 2] [--out benchmarks/results/speed.json]
 
 Periodic EC/DMC + LiPF6 boxes of 278 and 1,112 atoms; each measurement runs in its own process (so peak memory is
 its own), mlmd and the peer alternate on the same box in one run, and the JSON gives atom-steps/s and their ratio.
@@ -78,7 +78,7 @@ def _run_json(cmd: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="bamboo-electrolyte", help="bundled name, checkpoint, or 'untrained'")
     parser.add_argument("--dtype", default="float32")
