@@ -16,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+IONS = {"Li", "PF6", "BF4", "FSI", "TFSI"}
 
 
 def main() -> None:
@@ -51,7 +52,14 @@ def main() -> None:
               "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]])}
     if Path(args.transfer).exists() and any(Path(args.transfer).glob("*.extxyz*")):
         transfer = read_frames(args.transfer)
-        report["mlmd_transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer])
+        samples = [make_sample(a, model.cutoff, model.species) for a in transfer]
+        report["mlmd_transfer"] = evaluate_samples(model, samples)
+        # Per solvent: the frames whose cluster holds that molecule (composition tokens "NAME:COUNT"; ions skipped).
+        tokens = [{t.rsplit(":", 1)[0] for t in str(a.info.get("composition", "")).split()} - IONS for a in transfer]
+        report["mlmd_transfer_by_solvent"] = {
+            name: {k: v for k, v in evaluate_samples(model, [s for s, t in zip(samples, tokens) if name in t]).items()
+                   if k != "by_config_type"}
+            for name in sorted(set().union(*tokens))}
     if args.mace_result:
         report["mace"] = json.loads(Path(args.mace_result).read_text().strip().splitlines()[-1])
     elif args.mace_minutes > 0:
