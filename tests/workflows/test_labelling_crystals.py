@@ -64,6 +64,8 @@ def test_frames_carry_labels_and_the_generators_split_and_a_rerun_resumes(tmp_pa
     mtime = shard.stat().st_mtime_ns
     assert run_label_crystals(cfg, progress=False)["n_frames"] == manifest["n_frames"]
     assert shard.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="n_rattled differ"):
+        run_label_crystals(config(tmp_path, n_rattled=3), progress=False)
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

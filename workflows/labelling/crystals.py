@@ -220,7 +220,14 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
     shards = [items[s:s + cfg.shard_size] for s in range(0, len(items), cfg.shard_size)]
     todo = [(cfg.model_dump_json(), k, sh) for k, sh in enumerate(shards) if not _shard_path(out, k).is_file()]
     manifest_path = out / "MANIFEST.json"
-    previous = json.loads(manifest_path.read_text()).get("shards", {}) if manifest_path.is_file() else {}
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if old:  # shards are only valid for the settings that made them (workers aside)
+        changed = sorted(k for k, v in cfg.model_dump(mode="json").items()
+                         if k != "workers" and old.get("config", {}).get(k) != v)
+        if changed:
+            raise ConfigError(f"{str(out)!r} was labelled with other settings ({', '.join(changed)} differ); "
+                              "use the same settings to resume or a new --out")
+    previous = old.get("shards", {})
     results = {int(k): v for k, v in previous.items() if _shard_path(out, int(k)).is_file()}
     from rich.progress import Progress
 
@@ -239,7 +246,7 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
     dropped: Counter = Counter()
     for r in results.values():
         dropped.update(r.get("dropped", {}))
-    manifest = {"config": cfg.model_dump(), "n_crystals": len(items), "n_malformed_rows": n_malformed,
+    manifest = {"config": cfg.model_dump(mode="json"), "n_crystals": len(items), "n_malformed_rows": n_malformed,
                 "n_frames": sum(r["frames"] for r in results.values()),
                 "frames_by_split": dict(sum((Counter(r["by_split"]) for r in results.values()), Counter())),
                 "dropped": dict(dropped), "shards": {str(k): results[k] for k in sorted(results)}}
