@@ -1,8 +1,9 @@
 """ASE calculator for any mlmd potential.
 
 ``atoms.calc = MLMDCalculator("bamboo-electrolyte")`` (bundled name or checkpoint path, or a Potential object).
-The neighbour list is built with a skin and reused while no atom has moved more than half the skin, so an MD
-step costs one network evaluation plus a cheap distance filter.
+The neighbour list is built with a skin and reused while no pair can have crossed the cutoff (atoms moved less than
+half the skin, with cell changes of NPT accounted for), so an MD step costs one network evaluation plus a cheap
+distance filter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlmd import keys
 from mlmd.graph import AtomicGraph, check_min_distance, total_charge_of, validate_atoms
-from mlmd.neighbors import neighbor_list
+from mlmd.neighbors import neighbor_list, skin_list_valid
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -47,10 +48,8 @@ class MLMDCalculator(Calculator):
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
         cached = self._list
-        if cached is not None and np.array_equal(cached[1], cell) and np.array_equal(cached[2], pbc) \
-                and np.array_equal(cached[3], atoms.numbers):
-            displacement = np.sqrt(((positions - cached[0]) ** 2).sum(axis=1).max(initial=0.0))
-            if displacement < 0.5 * self.skin:
+        if cached is not None and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], atoms.numbers):
+            if skin_list_valid(cached[0], cached[1], positions, cell, pbc, self.model.cutoff, self.skin):
                 return cached[4], cached[5], cached[6]
         else:
             validate_atoms(atoms, self.model.species)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlmd.graph import AtomicGraph
-from mlmd.neighbors import neighbor_list
+from mlmd.neighbors import neighbor_list, skin_list_valid
 from mlmd.units import COULOMB_EV_A
 
 # Grimme D2 atomic C6 (J nm^6 mol^-1) and van der Waals radii (Å); converted to eV Å^6 below.
@@ -138,15 +138,17 @@ class Dispersion(nn.Module):
         self.register_buffer("r0", r0, persistent=False)
 
     def _pairs(self, graph: AtomicGraph, pos_np: np.ndarray, cell_np: np.ndarray):
-        """Half list of pairs within cutoff + skin with their C6 and R^6, reused while no atom moved more than
-        skin/2 (MD steps). Returns i, j (P,), integer shifts (P, 3), c6 (P,), radius6 (P,) (float64 numpy)."""
+        """Half list of pairs within cutoff + skin with their C6 and R^6, reused while it still holds every pair
+        within the cutoff (:func:`mlmd.neighbors.skin_list_valid`; MD steps, NPT included).
+        Returns i, j (P,), integer shifts (P, 3), c6 (P,), radius6 (P,) (float64 numpy)."""
         pbc = graph.pbc.cpu().numpy()
         ptr = graph.ptr.cpu().numpy()
         numbers = graph.atomic_numbers.cpu().numpy()
         cached = self._cache
-        if cached is not None and cached[0].shape == pos_np.shape and np.array_equal(cached[1], cell_np) \
-                and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr) and np.array_equal(cached[4], numbers):
-            if np.sqrt(((pos_np - cached[0]) ** 2).sum(axis=1).max(initial=0.0)) < 0.5 * self.skin:
+        if cached is not None and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr) \
+                and np.array_equal(cached[4], numbers):
+            if all(skin_list_valid(cached[0][ptr[b]:ptr[b + 1]], cached[1][b], pos_np[ptr[b]:ptr[b + 1]], cell_np[b],
+                                   pbc[b], self.cutoff, self.skin) for b in range(len(ptr) - 1)):
                 return cached[5]
         i_all, j_all, s_all = [], [], []
         for b in range(graph.num_graphs):

@@ -120,3 +120,45 @@ def test_periodic_force_call_also_fills_stress_so_barostats_need_no_second_pass(
     calc.model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
     atoms.get_stress()
     assert calls == []
+
+
+def test_skin_list_is_kept_through_small_cell_changes_and_rebuilt_after_large_ones(model_path):
+    atoms = periodic_box()
+    calc = MLMDCalculator(str(model_path), dtype="float64", skin=1.0)
+    atoms.calc = calc
+    atoms.get_forces()
+    built_at = calc._list[0].copy()
+    dispersion_built_at = calc.model.dispersion._cache[0].copy()
+    atoms.set_cell(atoms.cell * 1.002, scale_atoms=True)  # an NPT-sized step
+    atoms.positions += np.random.default_rng(1).normal(scale=0.02, size=atoms.positions.shape)
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.array_equal(calc._list[0], built_at)  # both lists were reused
+    assert np.array_equal(calc.model.dispersion._cache[0], dispersion_built_at)
+    fresh = atoms.copy()
+    fresh.calc = MLMDCalculator(str(model_path), dtype="float64", skin=0.0)
+    assert np.allclose(forces, fresh.get_forces(), atol=1e-10)
+    assert np.allclose(stress, fresh.get_stress(), atol=1e-12)
+    atoms.set_cell(atoms.cell * 1.2, scale_atoms=True)  # (cutoff + skin) x 20 % strain > skin
+    atoms.get_forces()
+    assert not np.array_equal(calc._list[0], built_at)  # rebuilt
+
+
+def test_a_kept_skin_list_holds_every_pair_within_the_cutoff():
+    from mlmd.neighbors import neighbor_list, skin_list_valid
+
+    rng = np.random.default_rng(0)
+    cutoff, skin = 3.0, 0.6
+    kept = 0
+    for trial in range(40):
+        cell = np.diag([7.0, 8.0, 7.5]) + rng.normal(scale=0.5, size=(3, 3))
+        positions = rng.random((40, 3)) @ cell
+        strain = rng.normal(scale=0.01 * rng.random(), size=(3, 3))
+        new_cell = cell @ (np.eye(3) + strain)
+        new_positions = positions @ (np.eye(3) + strain) + rng.normal(scale=0.1 * rng.random(), size=positions.shape)
+        if not skin_list_valid(positions, cell, new_positions, new_cell, np.ones(3, bool), cutoff, skin):
+            continue
+        kept += 1
+        old = set(zip(*(map(tuple, a) if a.ndim > 1 else a for a in neighbor_list(positions, cell, np.ones(3, bool), cutoff + skin))))
+        new = set(zip(*(map(tuple, a) if a.ndim > 1 else a for a in neighbor_list(new_positions, new_cell, np.ones(3, bool), cutoff))))
+        assert new <= old, f"trial {trial}: pairs within the cutoff missing from the kept list"
+    assert 5 < kept < 40  # the criterion both keeps and rejects lists here
