@@ -24,8 +24,8 @@ from benchmarks.electrolytes.common import read_csv, write_json
 PRODUCTION = dict(timestep_fs=1.0, minimise_steps=200, equilibration_steps=20000, density_min_steps=20000,
                   density_max_steps=200000, density_chunk_steps=10000, density_log_interval=10,
                   density_target_sem=0.002, n_replicas=0, checkpoint_interval=2000)
-#: 3 ps NPT equilibration, then 3-6 ps of production (about a twentieth of the production protocol).
-QUICK = dict(PRODUCTION, equilibration_steps=3000, density_min_steps=3000, density_max_steps=6000,
+#: 2 ps NPT equilibration, then 2-4 ps of production (a few percent of the production protocol).
+QUICK = dict(PRODUCTION, equilibration_steps=2000, density_min_steps=2000, density_max_steps=4000,
              density_chunk_steps=1000)
 #: Packing density of every solvent (g/cm³): deliberately not the experimental value.
 START_DENSITY = 1.0
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--n-atoms", type=int, default=600)
     ap.add_argument("--smoke", action="store_true", help="a few dozen steps per stage (checks the script only)")
-    ap.add_argument("--quick", action="store_true", help="3 ps equilibration + 3-6 ps production (the error bars say so)")
+    ap.add_argument("--quick", action="store_true", help="2 ps equilibration + 2-4 ps production (the error bars say so)")
     ap.add_argument("--only", default=None, help="comma-separated subset of solvents")
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks/electrolytes"))
     args = ap.parse_args(argv)
