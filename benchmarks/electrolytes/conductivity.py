@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                        "source": "Landesfeind & Gasteiger, J. Electrochem. Soc. 166, A3079 (2019)"},
         "predicted": {k: row.get(k) for k in keys} | {f"{k}_sem": row.get(f"{k}_sem") for k in keys},
         "relative_error": {"sigma_NE": rel("sigma_NE_mS_cm"), "sigma_Einstein": rel("sigma_Einstein_mS_cm")},
+        # Conductivities mean something only when the MSD was diffusive over its fit window (slope 1 on log-log).
+        "transport_diffusive": None if row.get("transport_diffusive") is None else bool(row["transport_diffusive"]),
+        "msd_exponents": {k.removeprefix("msd_exponent_"): v for k, v in row.items() if k.startswith("msd_exponent_")},
     }
     write_json(args.out / "conductivity.json", result)
     p = result["predicted"]
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
           f"σ_Einstein = {fmt(p['sigma_Einstein_mS_cm'])} ± {fmt(p['sigma_Einstein_mS_cm_sem'])} mS/cm "
           f"(experiment {sigma_exp}); η = {fmt(p['viscosity_mPa_s'])} mPa·s; t_Li NE {fmt(p['t_Li_NE'])}, "
           f"Onsager {fmt(p['t_Li_Onsager'])}")
+    if result["transport_diffusive"] is False:
+        print("warning: the MSD is not diffusive over the fit window (exponents "
+              + ", ".join(f"{k} {v:.2f}" for k, v in result["msd_exponents"].items())
+              + "): the replicas are too short and these conductivities are not estimates")
     print(f"conductivity benchmark: {args.out / 'conductivity.json'}")
     return 0 if row.get("status") == "done" else 1
 
