@@ -113,16 +113,22 @@ def build_config(data: dict | None = None, **overrides: Any) -> LabelConfig:
         raise ConfigError(f"invalid label config: {_one_line(exc)}") from None
 
 
+def read_yaml_mapping(path: str | Path | None, fields: str) -> dict:
+    """The mapping in YAML file ``path`` ({} for None); missing file, bad YAML or a non-mapping is a ConfigError
+    naming ``fields`` (what the file should hold)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found; give a YAML file with {fields} fields")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of {fields} fields, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None, **overrides: Any) -> LabelConfig:
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; give a YAML file with LabelConfig fields")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of LabelConfig fields, got {type(data).__name__}")
-    return build_config(data, **overrides)
+    return build_config(read_yaml_mapping(path, "LabelConfig"), **overrides)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlmd import keys
@@ -64,22 +63,15 @@ class CrystalLabelConfig(BaseModel):
 
 
 def load_crystal_label_config(path: str | Path | None, **overrides: Any) -> CrystalLabelConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    """YAML file (or None) with non-None ``overrides`` applied; errors become one-line ConfigErrors."""
+    from .config import _one_line, read_yaml_mapping
+
+    raw = read_yaml_mapping(path, "CrystalLabelConfig")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return CrystalLabelConfig(**raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise ConfigError(f"label-crystals setting {where!r}: {err['msg']} (got {err.get('input')!r})") from None
+        raise ConfigError(f"invalid label-crystals config: {_one_line(exc)}") from None
 
 
 def make_reference(name: str, min_width: float = 10.0):
