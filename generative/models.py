@@ -78,6 +78,15 @@ class CrysBFN(CrystalGenerator):
     def _type_alpha(self, i: int, n_steps: int) -> float:
         return self.config.beta1_types * (2 * i - 1) / n_steps**2
 
+    @staticmethod
+    def _reference_cell(n: int, dtype) -> torch.Tensor:
+        """``[n, 3, 3]`` identity: the lattice input at step 1, where the Gaussian flow has no information yet.
+
+        Lattices are scaled by the mean lattice-vector length, so the identity is the typical (cubic) scaled cell; the
+        network's output ``W @ I`` is then its direct lattice prediction.
+        """
+        return torch.eye(3, dtype=dtype).expand(n, 3, 3)
+
     def loss(self, b: CrystalBatch, generator: torch.Generator | None = None):
         cfg = self.config
         N = cfg.bfn_steps
@@ -96,12 +105,15 @@ class CrysBFN(CrystalGenerator):
         m = torch.atan2(s, c_)
         conc = torch.sqrt(s * s + c_ * c_)
         frac_in = torch.remainder(m / TWO_PI, 1.0)
-        # lattice: mu ~ N(gamma x, gamma(1-gamma)); the network sees mu / sqrt(gamma)
+        # lattice: mu ~ N(gamma x, gamma(1-gamma)); the network sees mu / sqrt(gamma) and predicts the noise.
+        # At step 1 (gamma = 0) mu carries no information: the network sees the reference cell I and predicts x itself
+        # (the lattice it would guess from the types alone), which is what the first lattice sender is drawn around.
         x_l = b.lattice / self.lattice_scale
         gamma = 1 - cfg.sigma1_lattice ** (2 * t)
         g = gamma.view(-1, 1, 1)
         eps = torch.randn(x_l.shape, generator=generator, dtype=dtype)
-        lat_in = g.sqrt() * x_l + (1 - g).sqrt() * eps
+        first = (i == 1).view(-1, 1, 1)
+        lat_in = torch.where(first, self._reference_cell(B, dtype), g.sqrt() * x_l + (1 - g).sqrt() * eps)
         # types
         if self.task == "gen":
             beta = (cfg.beta1_types * t * t)[b.batch].unsqueeze(-1)
@@ -121,8 +133,7 @@ class CrysBFN(CrystalGenerator):
             w_all = alphas * torch.special.i1e(alphas) / torch.special.i0e(alphas)
             per = per * w / w_all.mean()
         loss_c = per.mean()
-        lat_mask = (i > 1).to(dtype)
-        loss_l = (((lo - eps) ** 2).mean((1, 2)) * lat_mask).sum() / lat_mask.sum().clamp(min=1)
+        loss_l = ((lo - torch.where(first, x_l, eps)) ** 2).mean()
         parts = {"coord": loss_c, "lattice": loss_l}
         if self.task == "gen":
             parts["types"] = F.cross_entropy(tl, b.types)
@@ -145,12 +156,12 @@ class CrysBFN(CrystalGenerator):
         for i in range(1, steps + 1):
             t = torch.full((B,), (i - 1) / steps, dtype=dtype)
             gamma = 1 - 1 / rho
-            lat_in = mu / math.sqrt(gamma) if gamma > 0 else torch.randn(B, 3, 3, generator=generator, dtype=dtype)
+            lat_in = mu / math.sqrt(gamma) if i > 1 else self._reference_cell(B, dtype)
             type_feat = self._type_onehot(types, dtype) if self.task == "csp" else torch.softmax(type_logits, -1)
             frac_in = torch.remainder(m / TWO_PI, 1.0)
             co, lo, tl = self.net(frac_in, lat_in, type_feat, torch.log1p(conc), t, batch)
             x_frac = frac_in + co
-            x_lat = (lat_in - math.sqrt(1 - gamma) * lo) / math.sqrt(gamma) if gamma > 0 else torch.zeros_like(mu)
+            x_lat = (lat_in - math.sqrt(1 - gamma) * lo) / math.sqrt(gamma) if i > 1 else lo
             probs = torch.softmax(tl, -1)
             if i == steps:
                 break

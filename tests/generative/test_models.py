@@ -133,3 +133,30 @@ def test_config_errors(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_crysbfn_first_lattice_step_is_trained_and_sampled_the_same_way(tiny_records):
+    """Step 1 of the lattice flow: training and sampling feed the same input (the reference cell) and the prediction is
+    the network's lattice, trained against the data lattice — not a zero cell that the first sender is drawn around."""
+    model = _model(tiny_records, bfn_steps=1)  # every training crystal is at step 1
+    batch = collate(tiny_records, model.vocab_index)
+    seen = []
+    hook = model.net.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    eye = torch.eye(3).expand(len(tiny_records), 3, 3)
+    model.loss(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen[-1], eye)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        loss, parts = model.loss(batch, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    n_atoms = torch.tensor([r.n_atoms for r in tiny_records])
+    _, lat, _ = model.sample(n_atoms, batch.types, steps=1, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(seen[-1], eye)
+    hook.remove()
+    true = batch.lattice
+    assert torch.linalg.det(lat).abs().min() > 1.0  # a real cell, not the zero matrix
+    rel = (torch.linalg.norm(lat, dim=-1) / torch.linalg.norm(true, dim=-1) - 1).abs().mean()
+    assert rel < 0.15, float(rel)
