@@ -26,7 +26,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None) -> Path:
+def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
+           reference: str = "GFN2-xTB (tblite)") -> Path:
     from mlmd.checkpoint import load_potential
     from mlmd.data import make_sample, read_frames
     from potentials.training import evaluate_samples, split_of
@@ -51,7 +52,7 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None) -
                 "split_rule": f"per-cluster info key {meta.get('split_key')!r}" if meta.get("split_key") else "seeded random",
                 "split_seed": meta.get("split_seed"),
                 "frames_by_split_and_config_type": {f"{s}/{c}": n for (s, c), n in sorted(counts.items())},
-                "reference": "GFN2-xTB (tblite)", "train_config": meta.get("train_config")}
+                "reference": reference, "train_config": meta.get("train_config")}
     atomic_write_text(target / "manifest.json", json.dumps(manifest, indent=2))
 
     metrics = {"valid": meta.get("metrics", {}).get("valid"), "test": meta.get("metrics", {}).get("test"),
@@ -59,8 +60,8 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None) -
     model = load_potential(target / "model.pt")
     metrics["n_parameters"] = sum(p.numel() for p in model.parameters())
     test = [make_sample(a, model.cutoff, model.species) for a in frames if split_of(a) == "test"]
-    if test:
-        metrics["test"] = evaluate_samples(model, test)
+    if test:  # periodic data also get the stress error
+        metrics["test"] = evaluate_samples(model, test, stress=any(s.stress is not None for s in test))
     if len(meta.get("data", [])) > 1:  # each data set's own test split, comparable across models trained on fewer sets
         metrics["test_by_data"] = {}
         for entry in meta["data"]:
@@ -80,8 +81,9 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("name")
     parser.add_argument("--transfer", default=None)
+    parser.add_argument("--reference", default="GFN2-xTB (tblite)", help="the labelling method, for the manifest")
     args = parser.parse_args()
-    print(bundle(args.run_dir, args.name, args.transfer))
+    print(bundle(args.run_dir, args.name, args.transfer, args.reference))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as nn_functional
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlmd import keys
+from mlmd import keys, units
 from mlmd.checkpoint import read_checkpoint, save_checkpoint
+from mlmd.config import read_yaml_mapping
 from mlmd.data import Sample, collate_samples, frames_hash, make_sample, read_frames, split_indices
 from mlmd.errors import ConfigError
 from mlmd.io import atomic_path
@@ -71,17 +71,7 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (unknown keys and wrong types are errors) and apply ``overrides`` (dotted keys allowed)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "training settings")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -177,16 +167,20 @@ def compute_losses(model, graph, targets, weights: LossWeights) -> tuple[torch.T
 
 # -- evaluation -----------------------------------------------------------------------------------------------
 def _empty_metrics() -> dict[str, Any]:
-    return {"e_abs": [], "e_sq": [], "f_abs": [], "f_sq": [], "q_abs": [], "n_structures": 0, "n_atoms": 0}
+    return {"e_abs": [], "e_sq": [], "f_abs": [], "f_sq": [], "q_abs": [], "s_abs": [], "n_structures": 0, "n_atoms": 0}
 
 
-def _finish_metrics(acc: dict[str, Any]) -> dict[str, Any]:
+def _finish_metrics(acc: dict[str, Any], with_stress: bool = False) -> dict[str, Any]:
     def mean(values):
         return float(np.mean(np.concatenate(values))) if values and sum(len(v) for v in values) else None
 
     e_mae, e_mse = mean(acc["e_abs"]), mean(acc["e_sq"])
     f_mae, f_mse = mean(acc["f_abs"]), mean(acc["f_sq"])
     q_mae = mean(acc["q_abs"])
+    stress = {}
+    if with_stress:
+        s_mae = mean(acc["s_abs"])
+        stress = {"stress_mae_GPa": None if s_mae is None else s_mae * units.BAR_PER_EV_PER_A3 / 1e4}
     return {
         "energy_mae_meV_per_atom": None if e_mae is None else 1000 * e_mae,
         "energy_rmse_meV_per_atom": None if e_mse is None else 1000 * math.sqrt(e_mse),
@@ -195,22 +189,27 @@ def _finish_metrics(acc: dict[str, Any]) -> dict[str, Any]:
         "charge_mae_e": q_mae,
         "n_structures": acc["n_structures"],
         "n_atoms": acc["n_atoms"],
+        **stress,
     }
 
 
-def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dtype=torch.float32) -> dict[str, Any]:
-    """Error metrics over ``samples`` (overall and ``by_config_type``) in meV/atom, meV/Å and e."""
+def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dtype=torch.float32,
+                     stress: bool = False) -> dict[str, Any]:
+    """Error metrics over ``samples`` (overall and ``by_config_type``) in meV/atom, meV/Å and e; with ``stress``
+    also ``stress_mae_GPa`` over the samples that carry a reference stress (all six components)."""
     groups: dict[str, dict[str, Any]] = {}
     total = _empty_metrics()
     model.eval()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         graph, targets = collate_samples(chunk, dtype=dtype)
-        out = model(graph, compute_forces=True)
+        want_stress = stress and bool(targets[keys.STRESS + "_mask"].any())
+        out = model(graph, compute_forces=True, compute_stress=want_stress)
         n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
         e_err = ((out[keys.ENERGY].detach() - targets[keys.ENERGY]) / n_atoms).abs().numpy()
         f_err = (out[keys.FORCES].detach() - targets[keys.FORCES]).abs().numpy()
         q_err = (out[keys.CHARGES].detach() - targets[keys.CHARGES]).abs().numpy() if keys.CHARGES in out else None
+        s_err = (out[keys.STRESS].detach() - targets[keys.STRESS]).abs().numpy() if want_stress else None
         ptr = graph.ptr.numpy()
         for b, sample in enumerate(chunk):
             atoms = slice(ptr[b], ptr[b + 1])
@@ -225,8 +224,10 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
                     acc["f_sq"].append(f_err[atoms].ravel() ** 2)
                 if sample.charges is not None and q_err is not None:
                     acc["q_abs"].append(q_err[atoms])
-    result = _finish_metrics(total)
-    result["by_config_type"] = {name: _finish_metrics(acc) for name, acc in sorted(groups.items())}
+                if sample.stress is not None and s_err is not None:
+                    acc["s_abs"].append(s_err[b][np.triu_indices(3)])
+    result = _finish_metrics(total, stress)
+    result["by_config_type"] = {name: _finish_metrics(acc, stress) for name, acc in sorted(groups.items())}
     return result
 
 

@@ -106,23 +106,8 @@ def make_config(values: dict[str, Any] | None = None, source: str = "md config",
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> MDConfig:
     """Read a YAML config file (optional) and apply ``overrides`` (None values are ignored)."""
-    values: dict[str, Any] = {}
-    source = "md config"
-    if path is not None:
-        import yaml
+    from mlmd.config import read_yaml_mapping
 
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {source!r} not found; pass an existing YAML file")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{source}: not valid YAML ({first})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(loaded).__name__}")
-        values = loaded
+    values = read_yaml_mapping(path, "MD settings")
+    source = str(path) if path is not None else "md config"
     return make_config(values, source=source, **overrides)

@@ -54,7 +54,7 @@ def test_md_runs_on_the_trained_model(trained, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["eval", "--model", "missing.pt", "--data", "x.xyz"], "neither a bundled model"),
-    (["train", "NOFILE.yaml"], "config file NOFILE.yaml does not exist"),
+    (["train", "NOFILE.yaml"], "config file 'NOFILE.yaml' not found; give a YAML file with training settings"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys):
     assert main(args) == 2

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from ase.calculators.lj import LennardJones
 from ase.io import write
 
@@ -105,3 +106,26 @@ def test_charged_cluster_without_total_charge_is_rejected(tmp_path):
     frames[1].info[keys.TOTAL_CHARGE] = 1
     write(tmp_path / "charged.xyz", frames, format="extxyz")
     assert len(read_frames(tmp_path / "charged.xyz")) == 2
+
+
+def test_evaluation_reports_stress_error_only_when_asked():
+    from mlmd.data import collate_samples, make_sample
+    from mlmd.units import BAR_PER_EV_PER_A3
+    from potentials.bamboo import BambooConfig, BambooPotential
+    from potentials.training import evaluate_samples
+    from tests.conftest import periodic_box
+
+    model = BambooPotential(BambooConfig(**TINY_MODEL, coulomb=False)).double()
+    atoms = periodic_box(seed=3)
+    sample = make_sample(atoms, model.cutoff, model.species)
+    graph, _ = collate_samples([sample], dtype=torch.float64)
+    out = model(graph, compute_forces=True, compute_stress=True)
+    own = out[keys.STRESS][0].detach().numpy()
+    shift = 0.01  # eV/Å³ on every component
+    atoms.info[keys.REF_ENERGY] = float(out[keys.ENERGY][0].detach())
+    atoms.info[keys.REF_STRESS] = own + shift
+    labelled = make_sample(atoms, model.cutoff, model.species)
+    result = evaluate_samples(model, [labelled], dtype=torch.float64, stress=True)
+    assert result["stress_mae_GPa"] == pytest.approx(shift * BAR_PER_EV_PER_A3 / 1e4, rel=1e-6)
+    assert result["by_config_type"]["default"]["stress_mae_GPa"] == pytest.approx(result["stress_mae_GPa"])
+    assert "stress_mae_GPa" not in evaluate_samples(model, [labelled], dtype=torch.float64)  # `mlmd eval`'s exact keys

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlmd.config import one_line, read_yaml_mapping
 from mlmd.errors import ConfigError
 
 from .clusters import KINDS
@@ -93,16 +93,6 @@ class LabelConfig(BaseModel):
         return d
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].replace("Value error, ", "")
-    value = err.get("input")
-    shown = "" if isinstance(value, dict) or not loc else f" (got {value!r})"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{loc + ': ' if loc else ''}{msg}{shown}{more}"
-
-
 def build_config(data: dict | None = None, **overrides: Any) -> LabelConfig:
     """Validate ``data`` (from YAML) with non-None ``overrides`` applied; errors become one-line ConfigError."""
     merged = dict(data or {})
@@ -110,25 +100,8 @@ def build_config(data: dict | None = None, **overrides: Any) -> LabelConfig:
     try:
         return LabelConfig(**merged)
     except ValidationError as exc:
-        raise ConfigError(f"invalid label config: {_one_line(exc)}") from None
-
-
-def read_yaml_mapping(path: str | Path | None, fields: str) -> dict:
-    """The mapping in YAML file ``path`` ({} for None); missing file, bad YAML or a non-mapping is a ConfigError
-    naming ``fields`` (what the file should hold)."""
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found; give a YAML file with {fields} fields")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping of {fields} fields, got {type(data).__name__}")
-    return data
+        raise ConfigError(f"invalid label config: {one_line(exc)}") from None
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> LabelConfig:
-    return build_config(read_yaml_mapping(path, "LabelConfig"), **overrides)
+    return build_config(read_yaml_mapping(path, "LabelConfig fields"), **overrides)

@@ -64,14 +64,14 @@ class CrystalLabelConfig(BaseModel):
 
 def load_crystal_label_config(path: str | Path | None, **overrides: Any) -> CrystalLabelConfig:
     """YAML file (or None) with non-None ``overrides`` applied; errors become one-line ConfigErrors."""
-    from .config import _one_line, read_yaml_mapping
+    from mlmd.config import one_line, read_yaml_mapping
 
-    raw = read_yaml_mapping(path, "CrystalLabelConfig")
+    raw = read_yaml_mapping(path, "CrystalLabelConfig fields")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return CrystalLabelConfig(**raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid label-crystals config: {_one_line(exc)}") from None
+        raise ConfigError(f"invalid label-crystals config: {one_line(exc)}") from None
 
 
 def make_reference(name: str, min_width: float = 10.0):

@@ -328,27 +328,18 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
 
     Relative ``xyz`` paths are resolved against the spec file's folder.
     """
-    import yaml
+    from mlmd.config import read_yaml_mapping
 
     p = Path(path)
     source = str(p)
-    if not p.is_file():
-        raise ConfigError(f"spec file {source!r} not found; pass an existing YAML file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{source}: not valid YAML ({first})") from None
-    if isinstance(data, dict):
-        over = {k: v for k, v in (overrides or {}).items() if v is not None}
-        if over:
-            data = dict(data)
-            data["formulations"] = [_merge(it, over) if isinstance(it, dict) else it
-                                    for it in (data.get("formulations") or [])]
-        for it in data.get("formulations") or []:
-            for s in (it.get("solvents") if isinstance(it, dict) else None) or []:
-                if isinstance(s, dict) and isinstance(s.get("xyz"), str) and not os.path.isabs(s["xyz"]):
-                    s["xyz"] = str((p.parent / s["xyz"]).resolve())
+    data = read_yaml_mapping(p, "a 'formulations' list")
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if over:
+        data["formulations"] = [_merge(it, over) if isinstance(it, dict) else it for it in (data.get("formulations") or [])]
+    for it in data.get("formulations") or []:
+        for s in (it.get("solvents") if isinstance(it, dict) else None) or []:
+            if isinstance(s, dict) and isinstance(s.get("xyz"), str) and not os.path.isabs(s["xyz"]):
+                s["xyz"] = str((p.parent / s["xyz"]).resolve())
     return spec_from_dict(data, source)
 
 
