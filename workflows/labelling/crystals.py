@@ -2,7 +2,11 @@
 
 Each crystal of a CDVAE-style CSV gives frames labelled with energy, forces and stress: the crystal as given,
 ``n_strained`` copies under a random symmetric strain, ``n_rattled`` copies with Gaussian displacements, and
-``md_keep`` snapshots of a short hot Langevin run. Every frame carries the crystal's ``split`` from the same seeded
+``md_keep`` snapshots of a short hot Langevin run. A Gamma-point reference (xTB) needs the cell repeated to at least
+``min_width`` Å anyway, so with ``supercell: true`` (default) the frames *are* that supercell: every image is strained
+alike but rattled independently, which gives as many independent force labels as atoms in the supercell for the
+cost of one calculation (a repeated small cell gives only its own atoms' worth). Crystals whose supercell would
+exceed ``max_supercell_atoms`` are skipped and counted. Every frame carries the crystal's ``split`` from the same seeded
 split the crystal generators use (:func:`generative.data.split_indices`), so a potential trained on the train
 crystals is tested on crystals it never saw, and the generators' test crystals stay unseen by both.
 
@@ -49,6 +53,8 @@ class CrystalLabelConfig(BaseModel):
     calculator: str = "gfn1-xtb"  # gfn1-xtb | gfn2-xtb | emt | module:factory
     min_width: float = Field(10.0, gt=0)  # Å; xTB (Gamma point only) sees the cell repeated at least this wide
     max_atoms: int = Field(24, gt=0)
+    supercell: bool = True  # label the >= min_width supercell itself (independent rattles per image)
+    max_supercell_atoms: int = Field(400, gt=0)
     n_strained: int = Field(2, ge=0)
     strain_max: float = Field(0.04, ge=0, lt=0.5)
     n_rattled: int = Field(2, ge=0)
@@ -85,21 +91,45 @@ def make_reference(name: str, min_width: float = 10.0):
     return make_calculator(name, min_width)
 
 
-def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], int]:
-    """(split, CrystalRecord) pairs to label, in a fixed order, and the number of unreadable CSV rows."""
+def _supercell_repeats(record, cfg: CrystalLabelConfig) -> tuple[int, int, int]:
+    from workflows.crystals import perpendicular_widths
+
+    if not cfg.supercell:
+        return (1, 1, 1)
+    widths = perpendicular_widths(record.lattice)
+    return tuple(int(np.ceil(cfg.min_width / w - 1e-9)) for w in widths)
+
+
+def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], dict[str, int]]:
+    """(split, CrystalRecord) pairs to label, in a fixed seeded order that mixes the splits (so a partial run has
+    crystals of each), and counts of what was left out (unreadable CSV rows, too many atoms)."""
     from generative.data import read_crystal_csv, split_indices
 
     ds = read_crystal_csv(cfg.data)
     if not ds.records:
         raise ConfigError(f"no readable crystal in {cfg.data!r} ({ds.n_skipped} malformed rows)")
     idx = split_indices(len(ds), cfg.split_seed, cfg.split)
+    left_out = {"malformed_rows": ds.n_skipped, "too_many_atoms": 0}
     chosen = []
     for split in ("train", "val", "test"):
-        keep = [i for i in idx[split] if ds.records[i].n_atoms <= cfg.max_atoms]
+        keep = []
+        for i in idx[split]:
+            rec = ds.records[i]
+            if rec.n_atoms > cfg.max_atoms or rec.n_atoms * int(np.prod(_supercell_repeats(rec, cfg))) > cfg.max_supercell_atoms:
+                left_out["too_many_atoms"] += 1
+                continue
+            keep.append(i)
         if cfg.n_structures is not None:
             keep = keep[: max(1, round(cfg.n_structures * len(idx[split]) / len(ds)))]
         chosen += [(split, ds.records[i]) for i in keep]
-    return chosen, ds.n_skipped
+    order = np.random.default_rng(cfg.seed).permutation(len(chosen))
+    return [chosen[k] for k in order], left_out
+
+
+def _reference_min_width(cfg: CrystalLabelConfig) -> float:
+    """Width the reference's own supercell wrapper enforces: for frames that already are supercells, low enough that
+    a compressive strain does not double them again."""
+    return cfg.min_width * (1 - 2 * cfg.strain_max) if cfg.supercell else cfg.min_width
 
 
 def _labels(atoms, calc, max_force: float) -> dict[str, np.ndarray] | None:
@@ -130,6 +160,7 @@ def sample_crystal(record, split: str, cfg: CrystalLabelConfig, calc, rng: np.ra
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     base = Atoms(numbers=record.numbers, scaled_positions=record.frac, cell=record.lattice, pbc=True)
+    base = base.repeat(_supercell_repeats(record, cfg))
     candidates = [("given", base)]
     for _ in range(cfg.n_strained):
         a = base.copy()
@@ -168,6 +199,7 @@ def sample_crystal(record, split: str, cfg: CrystalLabelConfig, calc, rng: np.ra
         fr.info[keys.CONFIG_TYPE] = sampling
         fr.info["material_id"] = record.material_id
         fr.info["frame"] = k
+        fr.info["cell_atoms"] = record.n_atoms
         fr.info["split"] = split
         frames.append(fr)
     return frames, dropped
@@ -182,7 +214,7 @@ def _label_shard(args: tuple[str, int, list]) -> dict:
     cfg_json, k, items = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cfg = CrystalLabelConfig.model_validate_json(cfg_json)
-    calc = make_reference(cfg.calculator, cfg.min_width)
+    calc = make_reference(cfg.calculator, _reference_min_width(cfg))
     frames, dropped = [], Counter()
     t0 = time.perf_counter()
     for position, split, record in items:
@@ -206,8 +238,8 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
     """Label the selection shard by shard (skipping finished shards); writes and returns the manifest."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    make_reference(cfg.calculator, cfg.min_width)  # fail on a bad calculator name before any work
-    chosen, n_malformed = select(cfg)
+    make_reference(cfg.calculator, _reference_min_width(cfg))  # fail on a bad calculator name before any work
+    chosen, left_out = select(cfg)
     items = [(i, split, rec) for i, (split, rec) in enumerate(chosen)]
     shards = [items[s:s + cfg.shard_size] for s in range(0, len(items), cfg.shard_size)]
     todo = [(cfg.model_dump_json(), k, sh) for k, sh in enumerate(shards) if not _shard_path(out, k).is_file()]
@@ -238,7 +270,8 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
     dropped: Counter = Counter()
     for r in results.values():
         dropped.update(r.get("dropped", {}))
-    manifest = {"config": cfg.model_dump(mode="json"), "n_crystals": len(items), "n_malformed_rows": n_malformed,
+    manifest = {"config": cfg.model_dump(mode="json"), "n_crystals": len(items),
+                "n_malformed_rows": left_out["malformed_rows"], "n_left_out_too_many_atoms": left_out["too_many_atoms"],
                 "n_frames": sum(r["frames"] for r in results.values()),
                 "frames_by_split": dict(sum((Counter(r["by_split"]) for r in results.values()), Counter())),
                 "dropped": dict(dropped), "shards": {str(k): results[k] for k in sorted(results)}}
