@@ -78,3 +78,23 @@ def test_bad_settings_are_one_line_errors(tmp_path):
                           "--out", str(tmp_path / "o"), "--calculator", "emt", "--no-progress"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no 'cif' column" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_frames_are_supercells_rattled_per_image_and_large_ones_are_left_out(tmp_path):
+    cfg = config(tmp_path, md_steps=0, md_keep=0, min_width=6.0)
+    manifest = run_label_crystals(cfg, progress=False)
+    frames = [a for p in sorted((tmp_path / "out").glob("shard_*.extxyz.gz")) for a in read(p, ":")]
+    from workflows.crystals import perpendicular_widths
+
+    for a in frames:
+        assert len(a) == 2 * 27 and a.info["cell_atoms"] == 2  # fcc primitive cell (2.5 Å wide) -> 3x3x3
+        assert perpendicular_widths(a.cell).min() >= 6.0 * (1 - cfg.strain_max) - 1e-9
+    rattled = next(a for a in frames if a.info[keys.CONFIG_TYPE] == "rattled")
+    forces = rattled.arrays[keys.REF_FORCES]
+    assert np.abs(forces[0] - forces[2]).max() > 1e-3  # images of one atom move independently: distinct forces
+    assert abs(forces.sum(axis=0)).max() < 1e-6 * len(rattled)
+    # Supercells above the cap are left out; with none left the error says which limits to raise.
+    capped = config(tmp_path, md_steps=0, md_keep=0, min_width=6.0, max_supercell_atoms=50, out=str(tmp_path / "cap"))
+    with pytest.raises(ConfigError, match="fits max_atoms=24 and max_supercell_atoms=50"):
+        run_label_crystals(capped, progress=False)
+    assert manifest["n_left_out_too_many_atoms"] == 0

@@ -122,6 +122,9 @@ def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], dict[str, in
         if cfg.n_structures is not None:
             keep = keep[: max(1, round(cfg.n_structures * len(idx[split]) / len(ds)))]
         chosen += [(split, ds.records[i]) for i in keep]
+    if not chosen:
+        raise ConfigError(f"no crystal in {cfg.data!r} fits max_atoms={cfg.max_atoms} and max_supercell_atoms="
+                          f"{cfg.max_supercell_atoms} (supercells >= {cfg.min_width} Å wide); raise the limits")
     order = np.random.default_rng(cfg.seed).permutation(len(chosen))
     return [chosen[k] for k in order], left_out
 
