@@ -98,3 +98,30 @@ def test_frames_are_supercells_rattled_per_image_and_large_ones_are_left_out(tmp
     with pytest.raises(ConfigError, match="fits max_atoms=24 and max_supercell_atoms=50"):
         run_label_crystals(capped, progress=False)
     assert manifest["n_left_out_too_many_atoms"] == 0
+
+
+def test_an_interrupted_run_keeps_its_settings_on_record(tmp_path, monkeypatch):
+    import json
+
+    import workflows.labelling.crystals as lc
+
+    real = lc._label_shard
+
+    def stop_at_second_shard(job):
+        if job[1] == 1:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(lc, "_label_shard", stop_at_second_shard)
+    cfg = config(tmp_path, md_steps=0, md_keep=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_label_crystals(cfg, progress=False)
+    manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert not manifest["complete"] and manifest["n_shards_done"] == 1 and manifest["n_frames"] == 4 * 3
+    with pytest.raises(ConfigError, match="n_rattled differ"):
+        run_label_crystals(config(tmp_path, md_steps=0, md_keep=0, n_rattled=2), progress=False)
+    # Shards on disk that the manifest does not list (a stop between the two writes) are counted, not relabelled.
+    monkeypatch.setattr(lc, "_label_shard", real)
+    (tmp_path / "out" / "MANIFEST.json").unlink()
+    full = run_label_crystals(cfg, progress=False)
+    assert full["complete"] and full["n_shards_done"] == full["n_shards"] == 3 and full["n_frames"] == 10 * 3

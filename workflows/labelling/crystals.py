@@ -13,7 +13,7 @@ crystals is tested on crystals it never saw, and the generators' test crystals s
 Output folder::
 
     OUT/shard_000.extxyz.gz   crystals [0, shard_size) of the (shuffled) selection, written atomically when complete
-    OUT/MANIFEST.json         settings, frame counts, skipped crystals and why
+    OUT/MANIFEST.json         settings, frame counts, skipped crystals and why (rewritten after every shard)
 
 A rerun skips finished shards (resume); a failed label (SCF not converged, forces above ``max_force``) drops that
 frame and is counted, never fatal.
@@ -237,6 +237,15 @@ def _label_shard(args: tuple[str, int, list]) -> dict:
             "dropped": dict(dropped), "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _count_shard(out: Path, k: int) -> dict:
+    """Counts of a shard on disk that the manifest does not list (a run stopped before recording it)."""
+    from ase.io import read
+
+    frames = read(_shard_path(out, k), ":")
+    return {"shard": k, "frames": len(frames), "by_split": dict(Counter(str(f.info.get("split")) for f in frames)),
+            "dropped": {}, "seconds": None}
+
+
 def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
     """Label the selection shard by shard (skipping finished shards); writes and returns the manifest."""
     out = Path(cfg.out)
@@ -255,7 +264,22 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
             raise ConfigError(f"{str(out)!r} was labelled with other settings ({', '.join(changed)} differ); "
                               "use the same settings to resume or a new --out")
     previous = old.get("shards", {})
-    results = {int(k): v for k, v in previous.items() if _shard_path(out, int(k)).is_file()}
+    results = {k: previous.get(str(k)) or _count_shard(out, k) for k in range(len(shards)) if _shard_path(out, k).is_file()}
+
+    def write_manifest() -> dict:  # after every shard, so an interrupted run keeps its settings on record
+        dropped: Counter = Counter()
+        for r in results.values():
+            dropped.update(r.get("dropped", {}))
+        manifest = {"config": cfg.model_dump(mode="json"), "complete": len(results) == len(shards),
+                    "n_crystals": len(items), "n_shards": len(shards), "n_shards_done": len(results),
+                    "n_malformed_rows": left_out["malformed_rows"], "n_left_out_too_many_atoms": left_out["too_many_atoms"],
+                    "n_frames": sum(r["frames"] for r in results.values()),
+                    "frames_by_split": dict(sum((Counter(r["by_split"]) for r in results.values()), Counter())),
+                    "dropped": dict(dropped), "shards": {str(k): results[k] for k in sorted(results)}}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+        return manifest
+
+    write_manifest()
     from rich.progress import Progress
 
     with Progress(disable=not progress) as bar:
@@ -264,19 +288,13 @@ def run_label_crystals(cfg: CrystalLabelConfig, progress: bool = True) -> dict:
             with get_context("spawn").Pool(cfg.workers) as pool:
                 for res in pool.imap_unordered(_label_shard, todo):
                     results[res["shard"]] = res
+                    write_manifest()
                     bar.advance(task)
         else:
             for job in todo:
                 res = _label_shard(job)
                 results[res["shard"]] = res
+                write_manifest()
                 bar.advance(task)
-    dropped: Counter = Counter()
-    for r in results.values():
-        dropped.update(r.get("dropped", {}))
-    manifest = {"config": cfg.model_dump(mode="json"), "n_crystals": len(items),
-                "n_malformed_rows": left_out["malformed_rows"], "n_left_out_too_many_atoms": left_out["too_many_atoms"],
-                "n_frames": sum(r["frames"] for r in results.values()),
-                "frames_by_split": dict(sum((Counter(r["by_split"]) for r in results.values()), Counter())),
-                "dropped": dict(dropped), "shards": {str(k): results[k] for k in sorted(results)}}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    manifest = write_manifest()
     return manifest
