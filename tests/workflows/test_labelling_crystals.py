@@ -125,3 +125,16 @@ def test_an_interrupted_run_keeps_its_settings_on_record(tmp_path, monkeypatch):
     (tmp_path / "out" / "MANIFEST.json").unlink()
     full = run_label_crystals(cfg, progress=False)
     assert full["complete"] and full["n_shards_done"] == full["n_shards"] == 3 and full["n_frames"] == 10 * 3
+
+
+def test_a_folder_of_cifs_is_labelled_and_unreadable_files_are_counted(tmp_path):
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for k in range(4):
+        AseAtomsAdaptor.get_structure(bulk("C", "diamond", a=3.5 + 0.05 * k)).to(filename=str(folder / f"{k:05d}.cif"))
+    (folder / "00009.cif").write_text("data_x\n_cell_length_a nonsense\n")
+    manifest = run_label_crystals(config(tmp_path, data=str(folder), md_steps=0, md_keep=0, split=(0.5, 0.25, 0.25)),
+                                  progress=False)
+    assert manifest["n_crystals"] == 4 and manifest["n_malformed_rows"] == 1 and manifest["n_frames"] == 4 * 3
+    frames = [a for p in sorted((tmp_path / "out").glob("shard_*.extxyz.gz")) for a in read(p, ":")]
+    assert sorted({int(a.info["material_id"]) for a in frames}) == [0, 1, 2, 3]  # file stems (extxyz reads them as ints)

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
     @app.command("label-crystals")
     def label_crystals(
         config: Optional[Path] = typer.Argument(None, help="YAML file with CrystalLabelConfig fields (CLI flags override it)."),
-        data: Optional[str] = typer.Option(None, "--data", help="CSV with a 'cif' column, or carbon_24 / perov_5."),
+        data: Optional[str] = typer.Option(None, "--data", help="CSV with a 'cif' column, carbon_24 / perov_5, or a folder of CIFs."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (extxyz shards + MANIFEST.json)."),
         n_structures: Optional[int] = typer.Option(None, "--n-structures", help="About this many crystals in all."),
         calculator: Optional[str] = typer.Option(None, "--calculator", help="gfn1-xtb, gfn2-xtb, emt or module:factory."),
@@ -54,4 +54,4 @@ def register(app: typer.Typer) -> None:
         m = run_label_crystals(cfg, progress=not no_progress)
         typer.echo(f"{m['n_frames']} frames from {m['n_crystals']} crystals in {cfg.out} "
                    f"(by split {m['frames_by_split']}; dropped {m['dropped'] or 'none'}; "
-                   f"{m['n_malformed_rows']} malformed CSV rows skipped)")
+                   f"{m['n_malformed_rows']} unreadable crystals skipped)")

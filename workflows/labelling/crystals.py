@@ -44,7 +44,7 @@ class CrystalLabelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="CSV with a 'cif' column, or a data-set name (carbon_24, perov_5)")
+    data: str = Field(description="CSV with a 'cif' column, a data-set name (carbon_24, perov_5) or a folder of CIFs")
     out: str
     n_structures: int | None = Field(None, gt=0, description="about this many crystals in all, from each split in proportion")
     split_seed: int = 42  # the generators' default: the same crystals are train/val/test for both
@@ -91,6 +91,23 @@ def make_reference(name: str, min_width: float = 10.0):
     return make_calculator(name, min_width)
 
 
+def _read_crystals(data: str):
+    """A CDVAE-style CSV / data-set name, or a folder of CIFs (e.g. ``mlmd generate crystals`` output, read in
+    sorted order, unreadable files skipped and counted). Returns an object with ``records`` and ``n_skipped``."""
+    from generative.data import CrystalRecord, read_crystal_csv
+
+    if not Path(data).is_dir():
+        return read_crystal_csv(data)
+    from types import SimpleNamespace
+
+    from generative.evaluate import read_cif_dir
+
+    structures, bad = read_cif_dir(data)
+    names = sorted(p.stem for p in Path(data).glob("*.cif"))
+    records = [CrystalRecord.from_structure(s, name) for s, name in zip(structures, names) if s is not None]
+    return SimpleNamespace(records=records, n_skipped=len(bad))
+
+
 def _supercell_repeats(record, cfg: CrystalLabelConfig) -> tuple[int, int, int]:
     from workflows.crystals import perpendicular_widths
 
@@ -103,12 +120,12 @@ def _supercell_repeats(record, cfg: CrystalLabelConfig) -> tuple[int, int, int]:
 def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], dict[str, int]]:
     """(split, CrystalRecord) pairs to label, in a fixed seeded order that mixes the splits (so a partial run has
     crystals of each), and counts of what was left out (unreadable CSV rows, too many atoms)."""
-    from generative.data import read_crystal_csv, split_indices
+    from generative.data import split_indices
 
-    ds = read_crystal_csv(cfg.data)
+    ds = _read_crystals(cfg.data)
     if not ds.records:
         raise ConfigError(f"no readable crystal in {cfg.data!r} ({ds.n_skipped} malformed rows)")
-    idx = split_indices(len(ds), cfg.split_seed, cfg.split)
+    idx = split_indices(len(ds.records), cfg.split_seed, cfg.split)
     left_out = {"malformed_rows": ds.n_skipped, "too_many_atoms": 0}
     chosen = []
     for split in ("train", "val", "test"):
@@ -120,7 +137,7 @@ def select(cfg: CrystalLabelConfig) -> tuple[list[tuple[str, Any]], dict[str, in
                 continue
             keep.append(i)
         if cfg.n_structures is not None:
-            keep = keep[: max(1, round(cfg.n_structures * len(idx[split]) / len(ds)))]
+            keep = keep[: max(1, round(cfg.n_structures * len(idx[split]) / len(ds.records)))]
         chosen += [(split, ds.records[i]) for i in keep]
     if not chosen:
         raise ConfigError(f"no crystal in {cfg.data!r} fits max_atoms={cfg.max_atoms} and max_supercell_atoms="
