@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -25,7 +26,10 @@ class MLMDCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges"]
 
-    def __init__(self, model="bamboo-electrolyte", device: str = "cpu", dtype: str = "float32", skin: float = 0.5, **kwargs):
+    def __init__(self, model="bamboo-electrolyte", device: str = "cpu", dtype: str = "float32", skin: float = 0.5,
+                 charge: float | None = None, **kwargs):
+        """``charge``: total charge in e for every structure (as tblite's ``charge``); None reads
+        ``atoms.info['total_charge']`` (0 when absent)."""
         super().__init__(**kwargs)
         from mlmd.errors import InputError
 
@@ -40,6 +44,7 @@ class MLMDCalculator(Calculator):
 
             self.model = load_potential(model, device=self.device, dtype=self.dtype)
         self.skin = float(skin)
+        self.charge = None if charge is None else total_charge_of(Atoms(info={keys.TOTAL_CHARGE: charge}))
         self._list = None  # (positions, cell, pbc, numbers, i, j, shifts) at the last build
 
     # -- neighbour list with skin ---------------------------------------------------------------------------
@@ -77,7 +82,7 @@ class MLMDCalculator(Calculator):
             edge_cell_shifts=torch.from_numpy(shifts).to(dtype=fdt, device=dev),
             batch=torch.zeros(n, dtype=torch.long, device=dev),
             ptr=torch.tensor([0, n], dtype=torch.long, device=dev),
-            total_charge=torch.tensor([total_charge_of(atoms)], dtype=fdt, device=dev),
+            total_charge=torch.tensor([total_charge_of(atoms) if self.charge is None else self.charge], dtype=fdt, device=dev),
             mol_id=torch.as_tensor(mol_id if mol_id is not None else np.full(n, -1), dtype=torch.long, device=dev),
             cutoff=self.model.cutoff,
         )

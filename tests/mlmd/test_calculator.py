@@ -162,3 +162,19 @@ def test_a_kept_skin_list_holds_every_pair_within_the_cutoff():
         new = set(zip(*(map(tuple, a) if a.ndim > 1 else a for a in neighbor_list(new_positions, new_cell, np.ones(3, bool), cutoff))))
         assert new <= old, f"trial {trial}: pairs within the cutoff missing from the kept list"
     assert 5 < kept < 40  # the criterion both keeps and rejects lists here
+
+
+def test_charge_option_sets_the_total_charge_like_the_info_key(model_path):
+    cluster = water_cluster(3)
+    charged = cluster.copy()
+    charged.info["total_charge"] = 1
+    by_info = MLMDCalculator(model_path, dtype="float64")
+    by_option = MLMDCalculator(model_path, dtype="float64", charge=1)
+    charged.calc, cluster.calc = by_info, by_option
+    assert cluster.get_charges().sum() == pytest.approx(1.0, abs=1e-9)
+    assert cluster.get_potential_energy() == pytest.approx(charged.get_potential_energy(), abs=1e-9)
+    neutral = water_cluster(3)
+    neutral.calc = MLMDCalculator(model_path, dtype="float64")
+    assert abs(neutral.get_potential_energy() - cluster.get_potential_energy()) > 1e-3
+    with pytest.raises(InputError, match="not an integer"):
+        MLMDCalculator(model_path, charge=0.5)
