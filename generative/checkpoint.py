@@ -80,7 +80,7 @@ def resolve_generator_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_generator(name_or_path: str | os.PathLike, task: str | None = None, method: str | None = None) -> CrystalGenerator:
-    """Load a generator by bundled name (``perov5-csp``, ``perov5-gen``) or path; check ``task``/``method`` if given."""
+    """Load a generator by bundled name (``perov5-csp``, ``perov5-gen``, ``carbon24-gen``) or path; check ``task``/``method`` if given."""
     path = resolve_generator_path(name_or_path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -2,7 +2,7 @@
 in a short NVT run with the bundled ``bamboo-carbon`` potential, rank the survivors, then check the ML verdicts
 against the reference method (GFN1-xTB on >= 10 Å supercells) on the same relaxed crystals.
 
-    python -m benchmarks.carbon_loop.run --generator runs/carbon24-crysbfn-gen/model.pt --n 40
+    python -m benchmarks.carbon_loop.run --n 30 --n-reference 10   # generator: bundled carbon24-gen
 
 Writes ``OUT/cifs/*.cif`` (generated), ``OUT/screen.db`` (one row per candidate, resumable) and a JSON summary
 (``benchmarks/results/carbon_loop.json`` by default) with: survival counts, ML wall time per candidate, the reference's
@@ -117,7 +117,7 @@ def run(generator: str, potential: str, reference: str, n: int, steps: int, seed
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--generator", default="runs/carbon24-crysbfn-gen/model.pt")
+    parser.add_argument("--generator", default="carbon24-gen")
     parser.add_argument("--potential", default="bamboo-carbon")
     parser.add_argument("--reference", default="gfn1-xtb")
     parser.add_argument("--n", type=int, default=40)
