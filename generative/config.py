@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlmd.errors import ConfigError
@@ -69,16 +68,12 @@ class GeneratorConfig(BaseModel):
 
 
 def load_config(path: str | Path) -> GeneratorConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found; give a YAML file with model/data/train sections")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    from mlmd.config import read_yaml_mapping
+
+    raw = read_yaml_mapping(path, "model/data/train sections")
     try:
         return GeneratorConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"config {str(p)!r}: {loc}={err.get('input')!r} invalid ({err['msg']})") from None
+        raise ConfigError(f"config {str(path)!r}: {loc}={err.get('input')!r} invalid ({err['msg']})") from None

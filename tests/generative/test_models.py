@@ -50,12 +50,7 @@ def test_tiny_training_lowers_loss(tiny_records, method, task):
             return float(np.mean([float(model.loss(batch, g)[0]) for _ in range(8)]))
 
     before = eval_loss()
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        loss, _ = model.loss(batch, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, batch, opt, steps=60, seed=0)
     assert eval_loss() < 0.8 * before
 
 
@@ -145,13 +140,7 @@ def test_crysbfn_first_lattice_step_is_trained_and_sampled_the_same_way(tiny_rec
     eye = torch.eye(3).expand(len(tiny_records), 3, 3)
     model.loss(batch, torch.Generator().manual_seed(0))
     torch.testing.assert_close(seen[-1], eye)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(150):
-        loss, parts = model.loss(batch, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, batch, torch.optim.Adam(model.parameters(), lr=3e-3), steps=150, seed=1)
     n_atoms = torch.tensor([r.n_atoms for r in tiny_records])
     _, lat, _ = model.sample(n_atoms, batch.types, steps=1, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(seen[-1], eye)
@@ -160,3 +149,13 @@ def test_crysbfn_first_lattice_step_is_trained_and_sampled_the_same_way(tiny_rec
     assert torch.linalg.det(lat).abs().min() > 1.0  # a real cell, not the zero matrix
     rel = (torch.linalg.norm(lat, dim=-1) / torch.linalg.norm(true, dim=-1) - 1).abs().mean()
     assert rel < 0.15, float(rel)
+
+
+def _train(model, batch, opt, steps: int, seed: int) -> None:
+    """``steps`` optimiser steps on ``model.loss`` of one batch."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        loss, _ = model.loss(batch, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
