@@ -1,6 +1,6 @@
 """BAMBOO-style graph equivariant transformer with learned charges, Coulomb, electronegativity and dispersion.
 
-E = E_NN + E_Coulomb + E_chi + E_disp. Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
+E = E_NN + E_Coulomb + E_chi + E_disp (+ E_ZBL when `repulsion` is on). Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from mlmd import keys
 from mlmd.graph import AtomicGraph
 from mlmd.potential import Potential
-from potentials.physics import DampedCoulomb, Dispersion, cosine_cutoff
+from potentials.physics import DampedCoulomb, Dispersion, ZBLRepulsion, cosine_cutoff
 
 ELECTROLYTE_SPECIES = [1, 3, 5, 6, 7, 8, 9, 15, 16]
 # Per-atom chi q + eta q^2 + Coulomb energies (N,); training uses dE/dq of their sum for the charge-equilibrium residual.
@@ -40,6 +40,9 @@ class BambooConfig(BaseModel):
     dispersion: bool = True
     dispersion_cutoff: float = 10.0
     max_charge: float = 2.0
+    # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
+    # candidates). Off by default; the electrolyte model was trained without it.
+    repulsion: bool = False
     # Per-element reference energies (eV) and the scale of the NN atomic energy; set from data before training.
     reference_energies: dict[int, float] = Field(default_factory=dict)
     energy_scale: float = 1.0
@@ -183,6 +186,7 @@ class BambooPotential(Potential):
         self.register_buffer("energy_scale", torch.tensor(cfg.energy_scale, dtype=torch.float64))
         self.coulomb = DampedCoulomb(cfg.coulomb_r0, cfg.cutoff, cfg.pme_smearing, cfg.pme_mesh_spacing) if cfg.coulomb else None
         self.dispersion = Dispersion(cfg.dispersion_cutoff) if cfg.dispersion else None
+        self.repulsion = ZBLRepulsion(cfg.species) if cfg.repulsion else None
 
     def set_reference_energies(self, reference: dict[int, float], energy_scale: float) -> None:
         """Per-element reference energies (eV) and the NN energy scale (eV), fitted from training data."""
@@ -248,6 +252,8 @@ class BambooPotential(Potential):
         energies = energies + electrostatic
         if self.dispersion is not None:
             energies = energies + self.dispersion(graph, positions, cell)
+        if self.repulsion is not None:
+            energies = energies + self.repulsion(species, edge_index, vectors.norm(dim=1))
         energy = torch.zeros(graph.num_graphs, dtype=dtype, device=s.device).index_add(0, graph.batch, energies)
         dipole = torch.zeros(graph.num_graphs, 3, dtype=dtype, device=s.device).index_add(0, graph.batch, charges[:, None] * positions)
         return {keys.ENERGY: energy, keys.ENERGIES: energies, keys.CHARGES: charges, keys.DIPOLE: dipole,

@@ -247,6 +247,30 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 
 
 # -- training loop --------------------------------------------------------------------------------------------
+# Settings a fine-tuning run may change on a loaded model: parameter-free physics terms, not the architecture.
+FINETUNE_MODEL_OVERRIDES = {"repulsion", "dispersion", "dispersion_cutoff", "coulomb_r0", "pme_smearing",
+                            "pme_mesh_spacing"}
+
+
+def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
+    """The ``init_from`` model, with the physics settings the config's ``model`` section sets explicitly."""
+    from mlmd.checkpoint import load_potential
+
+    model = load_potential(cfg.init_from)
+    overrides = {name: getattr(cfg.model, name) for name in cfg.model.model_fields_set}
+    changed = {name for name, value in overrides.items() if model.config.get(name) != value}
+    if not changed:
+        return model.train()
+    refused = sorted(changed - FINETUNE_MODEL_OVERRIDES)
+    if refused:
+        raise ConfigError(f"model.{refused[0]} cannot change when fine-tuning from {cfg.init_from}; "
+                          f"a fine-tuning run may change only {', '.join(sorted(FINETUNE_MODEL_OVERRIDES))}")
+    tuned = BambooPotential({**model.config, **{name: overrides[name] for name in changed}})
+    tuned.load_state_dict(model.state_dict())
+    tuned.metadata = model.metadata
+    return tuned.train()
+
+
 def _lr_at(step: int, total_steps: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to ``min_lr`` by the last step or by ``max_time_min``, whichever comes first."""
     if step < cfg.warmup_steps:
@@ -284,9 +308,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     data_hash = frames_hash(frames)
 
     if cfg.init_from:
-        from mlmd.checkpoint import load_potential
-
-        model = load_potential(cfg.init_from).train()
+        model = _load_for_finetuning(cfg)
     else:
         model = BambooPotential(cfg.model)
         reference, scale = fit_reference_energies(train_set, species)

@@ -111,3 +111,52 @@ def test_dispersion_pair_list_reuse_matches_a_fresh_list():
     assert reused._cache[4] is cached_pairs
     fresh = Dispersion()(graph, graph.positions, graph.cell).sum()
     assert energy.item() == pytest.approx(fresh.item(), rel=1e-12)
+
+
+class TestBambooWithRepulsion(PotentialTests):
+    periodic_energy_atol = TestBamboo.periodic_energy_atol
+    periodic_force_atol = TestBamboo.periodic_force_atol
+    finite_difference_step = 1e-5
+
+    def make_model(self):
+        return BambooPotential({**SMALL, "repulsion": True})
+
+
+def test_zbl_pair_energy_matches_the_formula_and_vanishes_beyond_the_covalent_radius_sum():
+    from ase.data import covalent_radii
+
+    from potentials.physics import ZBLRepulsion
+
+    zbl = ZBLRepulsion([6])
+    species = torch.zeros(2, dtype=torch.long)
+    edges = torch.tensor([[0, 1], [1, 0]])
+
+    def pair_energy(r):
+        return zbl(species, edges, torch.full((2,), r, dtype=torch.float64)).sum().item()
+
+    a = 0.8854 * 0.529177210903 / (2 * 6**0.23)
+    r = 0.3  # deep inside the envelope's flat part it is ~1, so the bare ZBL form is reached within 1 %
+    phi = sum(c * torch.exp(torch.tensor(-d * r / a)).item()
+              for c, d in zip((0.18175, 0.50986, 0.28022, 0.02817), (3.19980, 0.94229, 0.40290, 0.20162)))
+    assert pair_energy(r) == pytest.approx(14.399645 * 36 / r * phi, rel=1e-2)
+    assert pair_energy(2 * covalent_radii[6] + 1e-6) == 0.0
+    assert pair_energy(0.8) > pair_energy(1.0) > pair_energy(1.2) > 0.0
+
+
+def test_repulsion_forces_are_minus_the_energy_gradient_at_short_contacts():
+    from ase import Atoms
+
+    model = BambooPotential({**SMALL, "species": [6], "repulsion": True, "coulomb": False}).double().eval()
+    atoms = Atoms("C4", positions=[[0, 0, 0], [0.9, 0, 0], [0.3, 0.8, 0.1], [0.2, 0.3, 0.95]])
+    graph = graph_from_atoms(atoms, model.cutoff, check=False).to(dtype=torch.float64)
+    forces = model(graph, compute_forces=True)[keys.FORCES].detach()
+    h = 1e-5
+    for atom, axis in [(0, 0), (1, 1), (3, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[atom, axis] += sign * h
+            g = graph_from_atoms(moved, model.cutoff, check=False).to(dtype=torch.float64)
+            energies.append(model(g)[keys.ENERGY].item())
+        assert forces[atom, axis].item() == pytest.approx(-(energies[0] - energies[1]) / (2 * h), rel=1e-5, abs=1e-6)
+    assert forces.abs().max() > 10.0  # the wall is there: tens of eV/Å at contacts under 1 Å

@@ -129,3 +129,23 @@ def test_evaluation_reports_stress_error_only_when_asked():
     assert result["stress_mae_GPa"] == pytest.approx(shift * BAR_PER_EV_PER_A3 / 1e4, rel=1e-6)
     assert result["by_config_type"]["default"]["stress_mae_GPa"] == pytest.approx(result["stress_mae_GPa"])
     assert "stress_mae_GPa" not in evaluate_samples(model, [labelled], dtype=torch.float64)  # `mlmd eval`'s exact keys
+
+
+def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_path):
+    from mlmd.checkpoint import load_potential, save_checkpoint
+    from potentials.bamboo import BambooPotential
+
+    data = labelled_clusters(tmp_path / "data.xyz", n=8)
+    start = BambooPotential(TINY_MODEL)
+    start.set_reference_energies({1: -1.0, 8: -2.0}, 0.1)
+    save_checkpoint(start, tmp_path / "start.pt")
+    base = {"data": [str(data)], "output": str(tmp_path / "run"), "init_from": str(tmp_path / "start.pt"),
+            "epochs": 1, "batch_size": 4, "split": [0.7, 0.15, 0.15]}
+    train(load_train_config(None, {**base, "model": {"repulsion": True}}), progress=False)
+    tuned = load_potential(tmp_path / "run" / "best.pt")
+    assert tuned.config["repulsion"] and tuned.config["num_features"] == 16
+    assert tuned.config["reference_energies"][8] == -2.0  # kept, not refitted
+    with pytest.raises(ConfigError, match="model.num_features cannot change when fine-tuning from .*; a fine-tuning "
+                                          "run may change only coulomb_r0, dispersion, "):
+        train(load_train_config(None, {**base, "output": str(tmp_path / "run2"), "model": {"num_features": 32}}),
+              progress=False)
