@@ -299,19 +299,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
 
     frames = read_frames(cfg.data)
-    species = cfg.model.species
-    samples = [make_sample(a, cfg.model.cutoff, species) for a in frames]
+    model = _load_for_finetuning(cfg) if cfg.init_from else BambooPotential(cfg.model)
+    samples = [make_sample(a, model.cutoff, model.species) for a in frames]
     parts = _split(frames, cfg)
     train_set = [samples[k] for k in parts[0]]
     valid_set = [samples[k] for k in parts[1]] or train_set[: max(1, len(train_set) // 10)]
     test_set = [samples[k] for k in parts[2]]
     data_hash = frames_hash(frames)
-
-    if cfg.init_from:
-        model = _load_for_finetuning(cfg)
-    else:
-        model = BambooPotential(cfg.model)
-        reference, scale = fit_reference_energies(train_set, species)
+    if not cfg.init_from:
+        reference, scale = fit_reference_energies(train_set, model.species)
         model.set_reference_energies(reference, scale)
     model = model.to(dtype=dtype)
     ema = copy.deepcopy(model).eval()
