@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,23 @@ def make_calculator(name: str = "gfn1-xtb", min_width: float = XTB_MIN_WIDTH):
                      f"({', '.join(available_pretrained()) or 'none installed'}) or a checkpoint path")
 
 
+def describe_calculator(calc) -> str:
+    """A short identity of ``calc`` for provenance: an mlmd model's weights checksum, xTB's method and supercell width."""
+    if isinstance(calc, SupercellCalculator):
+        inner = getattr(calc.inner, "parameters", {}).get("method", type(calc.inner).__name__)
+        return f"{inner} (supercell >= {calc.min_width:g} Å)"
+    model = getattr(calc, "model", None)
+    if model is not None and hasattr(model, "state_dict"):
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().double().numpy().tobytes())
+        return f"mlmd {getattr(model, 'model_type', type(model).__name__)} (weights sha256 {digest.hexdigest()[:12]})"
+    return type(calc).__name__
+
+
 def _to_atoms(crystal):
     from ase import Atoms
 
@@ -189,8 +206,16 @@ def screen_crystals(crystals, db_path: str | os.PathLike, calc=None, relax_setti
     calc = calc if calc is not None else make_calculator("gfn1-xtb")
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    signature = {"calculator": describe_calculator(calc), "relax": asdict(relax_settings), "md": asdict(md_settings)}
     with connect(str(db_path)) as db:
         done = {row.candidate for row in db.select("candidate>=0")}
+        previous = db.metadata.get("screen")
+        if done and previous is not None and previous != signature:
+            changed = sorted(k for k in signature if previous.get(k) != signature[k])
+            raise InputError(f"{db_path} holds a screen with another {' and '.join(changed)} "
+                             f"({previous.get('calculator')}); resume it with the same settings or use a new database")
+        if previous != signature:
+            db.metadata = {**db.metadata, "screen": signature}
         for i, crystal in enumerate(crystals):
             if i in done:
                 continue

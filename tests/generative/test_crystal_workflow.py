@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
@@ -52,6 +53,26 @@ def test_screen_ranks_survivors_and_resumes(tmp_path):
     from ase.db import connect
 
     assert connect(str(db)).count() == 3
+    # another potential or other settings must not mix their rows with these
+    from ase.calculators.lj import LennardJones
+
+    with pytest.raises(InputError, match=r"screen\.db holds a screen with another calculator \(EMT\); resume it with "
+                                         r"the same settings or use a new database"):
+        screen_crystals(crystals, db, LennardJones(), RelaxSettings(fmax=0.05), md)
+    with pytest.raises(InputError, match="holds a screen with another relax"):
+        screen_crystals(crystals, db, EMT(), RelaxSettings(fmax=0.01), md)
+
+
+def test_calculator_description_tells_models_apart():
+    from potentials.bamboo import BambooPotential
+    from mlmd.calculator import MLMDCalculator
+    from workflows.crystals import describe_calculator
+
+    torch.manual_seed(0)
+    first, second = MLMDCalculator(BambooPotential({"species": [6]})), MLMDCalculator(BambooPotential({"species": [6]}))
+    assert describe_calculator(first).startswith("mlmd bamboo (weights sha256 ")
+    assert describe_calculator(first) != describe_calculator(second)
+    assert describe_calculator(make_calculator("gfn1-xtb")) == "GFN1-xTB (supercell >= 10 Å)"
 
 
 def test_exploding_crystal_does_not_survive():
