@@ -24,6 +24,9 @@ class RelaxSettings:
     fmax: float = 0.05  # eV/Å
     max_steps: int = 300
     relax_cell: bool = True
+    # A relaxation that changes the volume by more than this factor either way has left the region the potential
+    # knows (e.g. carbon squeezed to 12-fold coordination); the candidate is reported and does not survive.
+    max_volume_factor: float = 2.0
 
 
 @dataclass
@@ -62,8 +65,8 @@ def perpendicular_widths(cell) -> np.ndarray:
 
 
 class SupercellCalculator(Calculator):
-    """Evaluates ``inner`` on the smallest diagonal supercell whose periodic widths are all >= ``min_width`` Å and
-    maps the results back: energy / n_images, forces of the first image, the same stress. For Gamma-point methods
+    """Evaluates ``inner`` on the smallest diagonal supercell (of the Minkowski-reduced cell) whose periodic widths are
+    all >= ``min_width`` Å and maps the results back: energy / n_images, forces of the first image, the same stress. For Gamma-point methods
     (xTB in tblite), whose small-cell results are wrong without k-points.
     """
 
@@ -79,9 +82,15 @@ class SupercellCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        reps = self.repeats(self.atoms)
+        cell = self.atoms.copy()
+        if cell.pbc.all():  # a skewed cell (relaxations make them) would need far more repeats than its reduced form
+            from ase.geometry import minkowski_reduce
+
+            cell.set_cell(minkowski_reduce(cell.cell)[0], scale_atoms=False)
+            cell.wrap()
+        reps = self.repeats(cell)
         n = int(np.prod(reps))
-        big = self.atoms.repeat(reps)  # the first len(atoms) atoms are the original cell
+        big = cell.repeat(reps)  # the first len(atoms) atoms are the original cell's, in order
         big.calc = self.inner
         energy = float(big.get_potential_energy()) / n
         self.results = {"energy": energy, "free_energy": energy,
@@ -232,7 +241,12 @@ def screen_crystals(crystals, db_path: str | os.PathLike, calc=None, relax_setti
                     e = float(relaxed.get_potential_energy())
                 row.update(status="relaxed", relax_converged=conv, relax_steps=nsteps, relaxed_energy=e, energy_per_atom=e / len(relaxed),
                            volume_per_atom=float(relaxed.get_volume() / len(relaxed)), min_distance=min_distance(relaxed))
-                row.update(nvt_survival(relaxed, calc, md_settings))
+                if atoms.pbc.all():
+                    row["volume_ratio"] = float(relaxed.get_volume() / atoms.get_volume())
+                if not 1 / relax_settings.max_volume_factor <= row.get("volume_ratio", 1.0) <= relax_settings.max_volume_factor:
+                    row.update(status="volume collapsed" if row["volume_ratio"] < 1 else "volume exploded", survived=False)
+                else:
+                    row.update(nvt_survival(relaxed, calc, md_settings))
             except Exception as exc:  # noqa: BLE001 - a failed calculation is a result, not a crash
                 relaxed = atoms
                 row.update(status=f"failed: {type(exc).__name__}", survived=False)

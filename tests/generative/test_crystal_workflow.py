@@ -106,6 +106,24 @@ def test_supercell_calculator_matches_the_direct_result_of_a_short_ranged_potent
     assert np.abs(direct.get_forces()).max() > 0.05  # the check is not trivially zero
 
 
+def test_supercell_calculator_reduces_a_skewed_cell_before_repeating_it():
+    from workflows.crystals import SupercellCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.61) * (1, 1, 2)
+    atoms.rattle(0.05, seed=2)
+    skewed = atoms.copy()
+    a, b, c = np.asarray(atoms.cell)
+    skewed.set_cell([a, b + 3 * a, c - 2 * b], scale_atoms=False)  # the same lattice, thin faces
+    calc = SupercellCalculator(EMT(), min_width=9.0)
+    direct = atoms.copy()
+    direct.calc = EMT()
+    skewed.calc = calc
+    assert skewed.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(skewed.get_forces(), direct.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(skewed.get_stress(), direct.get_stress(), atol=1e-9)
+    assert np.prod(calc.repeats(skewed)) > 2 * np.prod(calc.repeats(atoms))  # what the reduction saves
+
+
 def test_make_calculator_accepts_an_mlmd_checkpoint(tmp_path):
     from mlmd.calculator import MLMDCalculator
     from mlmd.checkpoint import save_checkpoint
@@ -117,3 +135,13 @@ def test_make_calculator_accepts_an_mlmd_checkpoint(tmp_path):
     assert isinstance(make_calculator(str(path)), MLMDCalculator)
     with pytest.raises(InputError, match="bundled mlmd model"):
         make_calculator(str(tmp_path / "missing.pt"))
+
+
+def test_a_relaxation_that_shrinks_the_cell_past_the_volume_factor_does_not_survive(tmp_path):
+    expanded = bulk("Cu", "fcc", a=3.61 * 1.4, cubic=True)  # relaxes back to a=3.61: volume x 0.36
+    rows = screen_crystals([expanded, _perturbed_cu(0)], tmp_path / "s.db", EMT(), RelaxSettings(fmax=0.05, max_steps=500),
+                           MDSettings(steps=5))
+    by_candidate = {r["candidate"]: r for r in rows}
+    assert by_candidate[0]["status"] == "volume collapsed" and not by_candidate[0]["survived"]
+    assert by_candidate[0]["volume_ratio"] == pytest.approx(1 / 1.4**3, rel=0.05)
+    assert by_candidate[1]["status"] == "relaxed" and by_candidate[1]["survived"]
