@@ -92,6 +92,7 @@ def run(generator: str, potential: str, reference: str, n: int, steps: int, seed
         "steps": steps, "seed": seed, "sampling_wall_s": round(sample_s, 3),
         "n_relaxed": sum(r.get("status") == "relaxed" for r in ranking),
         "n_relax_converged": sum(bool(r.get("relax_converged")) for r in ranking),
+        "n_volume_rejected": sum(str(r.get("status", "")).startswith("volume") for r in ranking),
         "n_survived": len(survivors), "md_steps": md_steps, "temperature_K": temperature,
         "ml_screen_wall_s": round(screen_s, 1), "ml_screen_s_per_candidate": round(screen_s / max(1, len(structures)), 2),
         "n_reference_checked": len(ok), "n_reference_failed": len(checks) - len(ok),
@@ -109,7 +110,7 @@ def run(generator: str, potential: str, reference: str, n: int, steps: int, seed
         })
         summary["ref_over_ml_time_per_call"] = summary["ref_call_median_s"] / summary["ml_call_median_s"]
     summary["ranking"] = [{k: r.get(k) for k in ("rank", "candidate", "chemical_formula", "n_atoms", "energy_per_atom",
-                                                 "volume_per_atom", "min_distance", "relax_converged", "rms_displacement",
+                                                 "volume_per_atom", "volume_ratio", "min_distance", "relax_converged", "rms_displacement",
                                                  "survived", "status")} for r in ranking]
     summary["reference_checks"] = checks
     return summary
