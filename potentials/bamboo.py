@@ -1,6 +1,7 @@
 """BAMBOO-style graph equivariant transformer with learned charges, Coulomb, electronegativity and dispersion.
 
-E = E_NN + E_Coulomb + E_chi + E_disp (+ E_ZBL when `repulsion` is on). Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
+E = E_NN + E_Coulomb + E_chi + E_disp (+ E_ZBL when ``repulsion`` is on).
+Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
 """
 
 from __future__ import annotations

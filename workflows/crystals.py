@@ -65,9 +65,9 @@ def perpendicular_widths(cell) -> np.ndarray:
 
 
 class SupercellCalculator(Calculator):
-    """Evaluates ``inner`` on the smallest diagonal supercell (of the Minkowski-reduced cell) whose periodic widths are
-    all >= ``min_width`` Å and maps the results back: energy / n_images, forces of the first image, the same stress. For Gamma-point methods
-    (xTB in tblite), whose small-cell results are wrong without k-points.
+    """Evaluates ``inner`` on the smallest diagonal supercell (of the Minkowski-reduced cell) whose periodic widths
+    are all >= ``min_width`` Å and maps the results back: energy / n_images, forces of the first image, the same
+    stress. For Gamma-point methods (xTB in tblite), whose small-cell results are wrong without k-points.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
