@@ -74,3 +74,20 @@ def test_cli_bad_inputs_exit_2(tmp_path, models, tiny_records, capsys):
     assert main(["evaluate-crystals", "--model", models["gen"], "--task", "csp"]) == 2
     assert "'gen' model" in capsys.readouterr().err
     assert main(["train-generator", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_screen_crystals_cli_refuses_bad_settings_and_a_database_of_another_screen(tmp_path, capsys):
+    from ase.build import bulk
+    from ase.io import write
+
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    write(cifs / "cu.cif", bulk("Cu", "fcc", a=3.7, cubic=True))
+    db = str(tmp_path / "s.db")
+    base = ["screen-crystals", str(cifs), "--db", db, "--calculator", "emt", "--md-steps", "5"]
+    assert main(base + ["--max-volume-factor", "1"]) == 2
+    assert "--max-volume-factor must be above 1 (got 1.0)" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["n_survived"] == 1
+    assert main(base + ["--fmax", "0.01"]) == 2
+    assert "holds a screen with another relax" in capsys.readouterr().err

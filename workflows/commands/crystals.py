@@ -113,6 +113,8 @@ def register(app: typer.Typer) -> None:
         relax_steps: int = typer.Option(300, "--relax-steps"),
         md_steps: int = typer.Option(200, "--md-steps"),
         temperature: float = typer.Option(300.0, "--temperature"),
+        max_volume_factor: float = typer.Option(2.0, "--max-volume-factor",
+                                                help="a relaxation changing the volume more than this factor fails"),
         out: Optional[Path] = typer.Option(None, "--out", help="ranking JSON (default: stdout)"),
     ) -> None:
         """Relax (cell + positions), run a short Langevin NVT, rank survivors by energy per atom."""
@@ -123,9 +125,11 @@ def register(app: typer.Typer) -> None:
 
         if fmax <= 0 or relax_steps <= 0 or md_steps <= 0 or temperature <= 0:
             raise InputError("--fmax, --relax-steps, --md-steps and --temperature must be positive")
+        if max_volume_factor <= 1:
+            raise InputError(f"--max-volume-factor must be above 1 (got {max_volume_factor})")
         structs, bad = read_cif_dir(cifs)
         names = sorted(p.name for p in Path(cifs).glob("*.cif"))
-        ranking = _screen(structs, db, make_calculator(calculator), RelaxSettings(fmax=fmax, max_steps=relax_steps),
+        ranking = _screen(structs, db, make_calculator(calculator), RelaxSettings(fmax=fmax, max_steps=relax_steps, max_volume_factor=max_volume_factor),
                           MDSettings(steps=md_steps, temperature_K=temperature), names=names)
         _write_json(out, {"n": len(structs), "n_unreadable": len(bad), "n_survived": sum(bool(r.get("survived")) for r in ranking),
                           "ranking": ranking})
