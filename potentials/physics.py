@@ -138,13 +138,13 @@ class ZBLRepulsion(nn.Module):
     Per-atom energies (N,) eV from the model's edge list (full: each pair twice, so each gets half).
     """
 
-    def __init__(self, species: list[int], radius_scale: float = 1.0):
+    def __init__(self, species: list[int]):
         super().__init__()
         from ase.data import covalent_radii
 
         z = torch.tensor(species, dtype=torch.float64)
         self.register_buffer("z", z, persistent=False)
-        self.register_buffer("radius", torch.tensor(covalent_radii[species] * radius_scale, dtype=torch.float64),
+        self.register_buffer("radius", torch.tensor(covalent_radii[species], dtype=torch.float64),
                              persistent=False)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
