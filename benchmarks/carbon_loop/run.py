@@ -1,6 +1,6 @@
 """Carbon loop end to end on an ML potential: generate carbon crystals, relax them (cell + positions) and check them
 in a short NVT run with the bundled ``bamboo-carbon`` potential, rank the survivors, then check the ML verdicts
-against the reference method (GFN1-xTB on >= 10 Å supercells) on the same relaxed crystals.
+against the reference method (GFN1-xTB on >= 9 Å supercells by default) on the same relaxed crystals.
 
     python -m benchmarks.carbon_loop.run --n 30 --n-reference 10   # generator: bundled carbon24-gen
 
