@@ -149,8 +149,10 @@ class ZBLRepulsion(nn.Module):
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         dtype = r.dtype
-        zi, zj = self.z.to(dtype)[species[edge_index[0]]], self.z.to(dtype)[species[edge_index[1]]]
-        r_max = self.radius.to(dtype)[species[edge_index[0]]] + self.radius.to(dtype)[species[edge_index[1]]]
+        si, sj = species[edge_index[0]], species[edge_index[1]]
+        z, radius = self.z.to(dtype), self.radius.to(dtype)
+        zi, zj = z[si], z[sj]
+        r_max = radius[si] + radius[sj]
         a = 0.8854 * _BOHR_A / (zi**0.23 + zj**0.23)
         phi = sum(c * torch.exp(-d * r / a) for c, d in zip(_ZBL_C, _ZBL_D))
         pair = 0.5 * COULOMB_EV_A * zi * zj / r * phi * zbl_envelope(r / r_max)
