@@ -1,0 +1,78 @@
+"""mlmd align: the experimental-density table and config checks, and a tiny end-to-end run that resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlmd.errors import ConfigError, InputError
+from tests.workflows.screening_support import tiny_checkpoint
+from workflows.alignment import align, load_align_config, read_density_table
+from workflows.cli import main
+
+TABLE = "# comment\nname,smiles,temperature_K,density_g_cm3\nDME,COCCOC,298.15,0.864\nDMC,COC(=O)OC,298.15,1.063\n"
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "densities.csv"
+    path.write_text(TABLE)
+    return path
+
+
+def test_density_table_rows_and_subset(table):
+    rows = read_density_table(table, ["DMC"])
+    assert rows == [{"name": "DMC", "smiles": "COC(=O)OC", "temperature_K": 298.15, "density_g_cm3": 1.063}]
+    assert [r["name"] for r in read_density_table(table)] == ["DME", "DMC"]
+
+
+@pytest.mark.parametrize("text, names, message", [
+    ("name,smiles,density_g_cm3\nDME,COCCOC,0.864\n", None, "missing column(s) temperature_K"),
+    ("name,smiles,temperature_K,density_g_cm3\nDME,COCCOC,298,-0.8\n", None, "must be positive; got 298 K, -0.8 g/cm³"),
+    ("name,smiles,temperature_K,density_g_cm3\nDME,COCCOC,warm,0.8\n", None, "must be numbers"),
+    ("name,smiles,temperature_K,density_g_cm3\n", None, "has no rows"),
+    (TABLE, ["EC"], "liquid(s) EC not in"),
+])
+def test_bad_density_tables_are_one_line_errors(tmp_path, text, names, message):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=None) as info:
+        read_density_table(path, names)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_errors(tmp_path, table):
+    with pytest.raises(ConfigError, match="densities is required"):
+        load_align_config(None, {})
+    with pytest.raises(ConfigError, match="unknown key 'round'"):
+        load_align_config(None, {"densities": table, "round": 2})
+    with pytest.raises(ConfigError, match="rounds = 0"):
+        load_align_config(None, {"densities": table, "rounds": 0})
+
+
+def test_cli_rejects_a_missing_table_with_exit_code_2(tmp_path, capsys):
+    rc = main(["align", "--densities", str(tmp_path / "none.csv"), "--output", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: density table") and err.count("\n") == 1
+
+
+def test_tiny_alignment_runs_end_to_end_and_resumes(tmp_path, table):
+    model = tiny_checkpoint(tmp_path / "tiny.pt")
+    cfg = load_align_config(None, {"densities": table, "liquids": ["DME"], "model": str(model), "n_atoms": 110,
+                                   "output": tmp_path / "out", "minimise_steps": 5, "timestep_fs": 0.1, "equilibration_steps": 10,
+                                   "sample_steps": 20, "sample_interval": 10, "rounds": 1, "workers": 1,
+                                   "fit": {"steps": 2}})
+    result = align(cfg)
+    frames = tmp_path / "out" / "round_0" / "DME" / "frames.extxyz"
+    stamp = frames.stat().st_mtime_ns
+    measured = result["rounds"][0]["liquids"][0]
+    assert measured["name"] == "DME" and measured["n_frames"] == 3
+    assert result["rounds"][0]["fit"]["liquids"][0]["target_shift_bar"] == pytest.approx(1.0 - measured["pressure_bar"])
+    from mlmd.checkpoint import load_potential
+
+    aligned = load_potential(tmp_path / "out" / "aligned.pt")
+    assert aligned.metadata["alignment"]["pressures_bar"][0]["DME"] == pytest.approx(measured["pressure_bar"], abs=0.1)
+    again = align(cfg)      # finished rounds are read back, not redone
+    assert frames.stat().st_mtime_ns == stamp
+    assert json.dumps(again["rounds"]) == json.dumps(result["rounds"])

@@ -1,0 +1,296 @@
+"""``mlmd align CONFIG.yaml``: align a BAMBOO model's liquid densities to experiment.
+
+Each round, for every liquid of the experimental-density table: pack a box at the experimental density, minimise,
+run NVT at the experimental temperature with the current model and keep frames; the mean molecular pressure
+⟨P⟩ of those frames says how far the model is from having that density at ``pressure_bar``; then
+:func:`potentials.alignment.align_energy_head` moves the energy head so every liquid's pressure shifts by
+``pressure_bar − ⟨P⟩``. Later rounds re-sample with the aligned model (its liquid structure moves a little) and
+correct the rest. The table is a CSV with columns name, smiles, temperature_K, density_g_cm3 (the layout of
+``shared/data/experimental_densities.csv``; ``#`` lines are comments).
+
+Output folder::
+
+    round_<k>/<liquid>/        box, minimisation and NVT run folders (resumable), frames.extxyz
+    round_<k>/aligned.pt       the model after round k's fine-tuning
+    round_<k>/summary.json     ⟨P⟩ ± sem per liquid before the round's fine-tuning, targets, achieved shifts
+    aligned.pt                 the final model (metadata: base model, table, pressures per round)
+    alignment.json             every round's summary
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlmd.errors import ConfigError, InputError
+from potentials.alignment import AlignmentSettings
+
+FRAMES = "frames.extxyz"
+
+
+class AlignConfig(BaseModel):
+    """Settings of a density alignment (YAML; CLI flags override)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "bamboo-electrolyte"
+    densities: Path = Field(..., description="CSV: name, smiles, temperature_K, density_g_cm3")
+    liquids: Optional[list[str]] = Field(None, description="subset of the table's names (default: all)")
+    anchors: list[str] = Field(default_factory=list, description="labelled cluster files whose E/F must stay put")
+    n_anchors: int = Field(64, ge=0, description="anchor frames drawn from the anchor files")
+    output: Path = Path("runs/align")
+    n_atoms: int = Field(200, ge=1, description="atoms per liquid box (whole molecules, rounded)")
+    pressure_bar: float = 1.0
+    timestep_fs: float = Field(1.0, gt=0, le=5)
+    minimise_steps: int = Field(200, ge=0)
+    equilibration_steps: int = Field(500, ge=0, description="NVT steps discarded before sampling")
+    sample_steps: int = Field(1500, ge=1, description="NVT steps sampled after equilibration")
+    sample_interval: int = Field(25, ge=1, description="keep a frame every this many steps")
+    rounds: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="liquids sampled in parallel (one thread each)")
+    seed: int = Field(0, ge=0)
+    fit: AlignmentSettings = Field(default_factory=AlignmentSettings)
+
+
+def load_align_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> AlignConfig:
+    from mlmd.config import read_yaml_mapping
+
+    data = read_yaml_mapping(path, "alignment config") if path is not None else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    source = str(path) if path is not None else "alignment config"
+    try:
+        return AlignConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key {loc!r} (accepted: {', '.join(AlignConfig.model_fields)})") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"{source}: {loc} is required") from None
+        raise ConfigError(f"{source}: {loc} = {err.get('input')!r}: {err['msg'].lower()}") from None
+
+
+def read_density_table(path: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows {name, smiles, temperature_K, density_g_cm3} of the experimental-density CSV (InputError if bad)."""
+    if not path.is_file():
+        raise InputError(f"density table {path} does not exist (a CSV with name,smiles,temperature_K,density_g_cm3)")
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    need = ("name", "smiles", "temperature_K", "density_g_cm3")
+    missing = [c for c in need if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"density table {path}: missing column(s) {', '.join(missing)} (needs {', '.join(need)})")
+    rows = []
+    for k, row in enumerate(reader, start=1):
+        try:
+            t, rho = float(row["temperature_K"]), float(row["density_g_cm3"])
+        except (TypeError, ValueError):
+            raise InputError(f"density table {path}, row {k} ({row.get('name')}): temperature_K and density_g_cm3 "
+                             "must be numbers") from None
+        if not (t > 0 and math.isfinite(t)) or not (rho > 0 and math.isfinite(rho)):
+            raise InputError(f"density table {path}, row {k} ({row['name']}): temperature_K and density_g_cm3 must be "
+                             f"positive; got {t:g} K, {rho:g} g/cm³")
+        rows.append({"name": row["name"].strip(), "smiles": row["smiles"].strip(), "temperature_K": t,
+                     "density_g_cm3": rho})
+    if not rows:
+        raise InputError(f"density table {path} has no rows")
+    if names:
+        known = {r["name"] for r in rows}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(f"liquid(s) {', '.join(unknown)} not in {path} (it has: {', '.join(sorted(known))})")
+        rows = [r for r in rows if r["name"] in names]
+    return rows
+
+
+def _plan(row: dict[str, Any], cfg: AlignConfig, model_path: str):
+    from workflows.screening.composition import plan_formulation
+    from workflows.screening.spec import formulation_from_dict
+
+    spec = formulation_from_dict({"name": f"align-{row['name']}", "temperature_K": row["temperature_K"],
+                                  "solvents": [{"smiles": row["smiles"], "density_g_cm3": row["density_g_cm3"]}],
+                                  "n_atoms": cfg.n_atoms, "model": model_path, "seed": cfg.seed},
+                                 source=f"liquid {row['name']!r}")
+    return plan_formulation(spec)
+
+
+def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder: Path) -> Path:
+    """NVT frames of one liquid at its experimental density with the model at ``model_path`` -> frames file."""
+    import io
+
+    import torch
+    from ase.io import read, write
+    from ase.optimize import FIRE
+
+    from mlmd.calculator import MLMDCalculator
+    from mlmd.io import atomic_path
+    from mlmd.md.config import make_config
+    from mlmd.md.engine import run_md
+    from workflows.screening.composition import pack_box
+
+    out = folder / FRAMES
+    if out.is_file():
+        return out
+    torch.set_num_threads(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = _plan(row, cfg, model_path)
+    box_path = folder / "box.extxyz"
+    if box_path.is_file():
+        atoms = read(box_path)
+    else:
+        atoms = pack_box(plan, seed=cfg.seed, density_g_cm3=row["density_g_cm3"])
+        calc = MLMDCalculator(model_path)
+        atoms.calc = calc
+        FIRE(atoms, logfile=io.StringIO(), maxstep=0.1).run(fmax=0.5, steps=cfg.minimise_steps)
+        atoms.calc = None
+        with atomic_path(box_path) as tmp:
+            write(tmp, atoms, format="extxyz")
+    mol_id = np.asarray(atoms.arrays["mol_id"])
+    base = dict(ensemble="nvt", timestep_fs=cfg.timestep_fs, temperature_K=row["temperature_K"], thermostat="bussi",
+                log_pressure=False, checkpoint_interval=500)
+    calc = MLMDCalculator(model_path)
+    equil = run_md(atoms, calc, make_config(dict(base, steps=cfg.equilibration_steps, seed=cfg.seed,
+                                                 trajectory_interval=max(cfg.equilibration_steps, 1))),
+                   folder / "equilibrate", restart=(folder / "equilibrate" / "checkpoint.npz").is_file())
+    prod_dir = folder / "sample"
+    run_md(equil.atoms, calc, make_config(dict(base, steps=cfg.sample_steps, seed=cfg.seed + 1,
+                                               initial_velocities="keep", trajectory_interval=cfg.sample_interval)),
+           prod_dir, restart=(prod_dir / "checkpoint.npz").is_file())
+    frames = read(prod_dir / "trajectory.extxyz", index=":")
+    keep = []
+    for frame in frames:
+        clean = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
+        clean.arrays["mol_id"] = mol_id
+        clean.info["total_charge"] = 0
+        keep.append(clean)
+    with atomic_path(out) as tmp:
+        write(tmp, keep, format="extxyz")
+    return out
+
+
+def _sample_all(rows, cfg: AlignConfig, model_path: str, round_dir: Path) -> dict[str, Path]:
+    todo = [r for r in rows if not (round_dir / r["name"] / FRAMES).is_file()]
+    if cfg.workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(sample_liquid, todo, [cfg] * len(todo), [model_path] * len(todo),
+                          [round_dir / r["name"] for r in todo]))
+    else:
+        for r in todo:
+            sample_liquid(r, cfg, model_path, round_dir / r["name"])
+    return {r["name"]: round_dir / r["name"] / FRAMES for r in rows}
+
+
+def _liquid_frames(row, path: Path, model):
+    from ase.io import read
+
+    from mlmd.data import make_sample
+    from potentials.alignment import LiquidFrames, molecular_offsets
+    from workflows.screening.protocol import make_whole
+
+    frames = read(path, index=":")
+    samples, offsets = [], []
+    for atoms in frames:
+        samples.append(make_sample(atoms, model.cutoff, model.species))
+        offsets.append(molecular_offsets(make_whole(atoms), atoms.get_masses(), atoms.arrays["mol_id"]))
+    return LiquidFrames(row["name"], samples, offsets, int(frames[0].arrays["mol_id"].max()) + 1,
+                        row["temperature_K"])
+
+
+def _anchors(cfg: AlignConfig, model):
+    from mlmd import keys
+    from mlmd.data import make_sample, read_frames
+
+    if not cfg.anchors or cfg.n_anchors == 0:
+        return []
+    frames = [a for a in read_frames(cfg.anchors, required=(keys.REF_ENERGY,)) if not a.pbc.any()]
+    if not frames:
+        raise InputError(f"anchors {cfg.anchors}: no cluster (non-periodic) frames found")
+    rng = np.random.default_rng(cfg.seed)
+    chosen = rng.choice(len(frames), size=min(cfg.n_anchors, len(frames)), replace=False)
+    return [make_sample(frames[k], model.cutoff, model.species) for k in sorted(chosen)]
+
+
+def _mean_sem(values: np.ndarray) -> tuple[float, float]:
+    from workflows.analysis.statistics import standard_error
+
+    if len(values) < 8:
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return float(values.mean()), float(standard_error(values, method="inefficiency"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
+    """Run ``cfg.rounds`` rounds of sampling + head fine-tuning; resumes from finished rounds and liquids."""
+    from mlmd.checkpoint import load_potential, resolve_model_path, save_checkpoint
+    from mlmd.io import atomic_write_text
+    from potentials.alignment import align_energy_head, molecular_pressures_bar
+
+    import json
+
+    rows = read_density_table(Path(cfg.densities), cfg.liquids)
+    base_path = str(resolve_model_path(cfg.model))
+    base = load_potential(base_path)
+    if getattr(base, "energy_head", None) is None:
+        raise InputError(f"model {cfg.model!r} has no energy head to align (a BAMBOO model is needed)")
+    for row in rows:  # chemistry, species and box size checked before any MD
+        _plan(row, cfg, base_path)
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    current = base_path
+    for k in range(cfg.rounds):
+        round_dir = cfg.output / f"round_{k}"
+        summary_path, model_path = round_dir / "summary.json", round_dir / "aligned.pt"
+        if summary_path.is_file() and model_path.is_file():
+            summaries.append(json.loads(summary_path.read_text()))
+            current = str(model_path)
+            continue
+        if progress:
+            progress(f"round {k}: sampling {len(rows)} liquids")
+        paths = _sample_all(rows, cfg, current, round_dir)
+        model = load_potential(current)
+        liquids, measured = [], []
+        for row in rows:
+            liquid = _liquid_frames(row, paths[row["name"]], model)
+            p = molecular_pressures_bar(model, liquid)
+            mean, sem = _mean_sem(p)
+            liquid.target_shift_bar = cfg.pressure_bar - mean
+            liquids.append(liquid)
+            measured.append({"name": row["name"], "temperature_K": row["temperature_K"],
+                             "density_g_cm3": row["density_g_cm3"], "pressure_bar": mean, "pressure_sem_bar": sem,
+                             "n_frames": len(p)})
+        if progress:
+            progress(f"round {k}: " + ", ".join(f"{m['name']} {m['pressure_bar']:+.0f} bar" for m in measured))
+        anchors = _anchors(cfg, model)
+        fit = align_energy_head(model, liquids, anchors, cfg.fit.model_copy(update={"seed": cfg.seed + k}),
+                                progress=(lambda s, n, r: progress(f"round {k}: fit {s}/{n} loss {r['loss']:.3g}"))
+                                if progress else None)
+        summary = {"round": k, "model_in": current, "liquids": measured, "fit": {key: fit[key] for key in ("liquids", "anchors")},
+                   "fit_final_loss": fit["history"][-1]}
+        save_checkpoint(model, model_path, metadata={"alignment": {"base_model": cfg.model, "round": k}})
+        atomic_write_text(summary_path, json.dumps(summary, indent=1))
+        summaries.append(summary)
+        current = str(model_path)
+    final = cfg.output / "aligned.pt"
+    model = load_potential(current)
+    meta = {"alignment": {"base_model": cfg.model, "base_sha256": _sha256(Path(base_path)),
+                          "densities": str(cfg.densities), "pressure_bar": cfg.pressure_bar, "rounds": cfg.rounds,
+                          "pressures_bar": [{m["name"]: round(m["pressure_bar"], 1) for m in s["liquids"]}
+                                            for s in summaries]}}
+    save_checkpoint(model, final, metadata=dict(getattr(model, "metadata", {}), **meta))
+    result = {"model": str(final), "base_model": cfg.model, "rounds": summaries}
+    atomic_write_text(cfg.output / "alignment.json", json.dumps(result, indent=1))
+    return result
