@@ -1,6 +1,7 @@
 """Package a trained model inside ``potentials/pretrained/<name>/`` with its config, data manifest and metrics.
 
     python -m potentials.bundle RUN_DIR NAME [--transfer DATA_DIR]
+    python -m potentials.bundle ALIGN_DIR NAME --aligned-from BASE [--transfer DATA_DIR] [--density DENSITY_JSON]
 
 Copies ``RUN_DIR/best.pt`` (the EMA weights) to ``model.pt`` and writes ``config.json`` (architecture),
 ``manifest.json`` (the data the model saw: files with sha256, frame counts by split and config type, data hash,
@@ -29,8 +30,8 @@ def _sha256(path: Path) -> str:
 def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
            reference: str = "GFN2-xTB (tblite)") -> Path:
     from mlmd.checkpoint import load_potential
-    from mlmd.data import make_sample, read_frames
-    from potentials.training import evaluate_samples, split_of
+    from mlmd.data import read_frames
+    from potentials.training import split_of
 
     run_dir = Path(run_dir)
     payload = read_checkpoint(run_dir / "best.pt")
@@ -59,19 +60,66 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
                "train_time_s": meta.get("train_time_s"), "epochs": meta.get("epochs")}
     model = load_potential(target / "model.pt")
     metrics["n_parameters"] = sum(p.numel() for p in model.parameters())
+    metrics.update(test_metrics(model, frames, meta.get("data", [])))
+    if transfer is not None and Path(transfer).exists():
+        metrics["transfer"] = transfer_metrics(model, transfer)
+    atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2))
+    return target
+
+
+def test_metrics(model, frames, data: list[str]) -> dict:
+    """Errors on the test split of ``frames`` and, with several data sets, on each one's own test split."""
+    from mlmd.data import make_sample, read_frames
+    from potentials.training import evaluate_samples, split_of
+
+    metrics = {}
     test = [make_sample(a, model.cutoff, model.species) for a in frames if split_of(a) == "test"]
     if test:  # periodic data also get the stress error
         metrics["test"] = evaluate_samples(model, test, stress=any(s.stress is not None for s in test))
-    if len(meta.get("data", [])) > 1:  # each data set's own test split, comparable across models trained on fewer sets
+    if len(data) > 1:  # each data set's own test split, comparable across models trained on fewer sets
         metrics["test_by_data"] = {}
-        for entry in meta["data"]:
+        for entry in data:
             own = [make_sample(a, model.cutoff, model.species) for a in read_frames(entry) if split_of(a) == "test"]
             if own:
                 metrics["test_by_data"][str(entry)] = evaluate_samples(model, own)
+    return metrics
+
+
+def transfer_metrics(model, transfer: str | Path) -> dict:
+    """Errors on a set of solvents the model was not trained on."""
+    from mlmd.data import make_sample, read_frames
+    from potentials.training import evaluate_samples
+
+    frames = read_frames(transfer)
+    metrics = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in frames])
+    metrics["solvents"] = sorted({str(a.info.get("composition", "")) for a in frames})[:50]
+    return metrics
+
+
+def bundle_aligned(align_dir: str | Path, name: str, base: str, transfer: str | Path | None = None,
+                   density: str | Path | None = None) -> Path:
+    """Package ``align_dir/aligned.pt`` (``mlmd align``) as ``name``: the weights, the base model's config and data
+    manifest, the alignment summary, and metrics: the errors against the reference on the base model's test splits
+    (what the alignment cost) and, if given, the density benchmark's JSON (what it bought)."""
+    from mlmd.checkpoint import load_potential
+    from mlmd.data import read_frames
+
+    align_dir, source = Path(align_dir), PRETRAINED / base
+    target = PRETRAINED / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(align_dir / "aligned.pt", target / "model.pt")
+    for file in ("config.json", "manifest.json"):
+        shutil.copyfile(source / file, target / file)
+    shutil.copyfile(align_dir / "alignment.json", target / "alignment.json")
+    model = load_potential(target / "model.pt")
+    data = [str(Path(f["path"]).parent) for f in json.loads((source / "manifest.json").read_text())["files"]]
+    data = list(dict.fromkeys(data))
+    metrics = {"base_model": base, "n_parameters": sum(p.numel() for p in model.parameters())}
+    metrics.update(test_metrics(model, read_frames(data), data))
     if transfer is not None and Path(transfer).exists():
-        transfer_frames = read_frames(transfer)
-        metrics["transfer"] = evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in transfer_frames])
-        metrics["transfer"]["solvents"] = sorted({str(a.info.get("composition", "")) for a in transfer_frames})[:50]
+        metrics["transfer"] = transfer_metrics(model, transfer)
+    if density is not None:
+        metrics["density_benchmark"] = json.loads(Path(density).read_text())
     atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2))
     return target
 
@@ -82,8 +130,14 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--transfer", default=None)
     parser.add_argument("--reference", default="GFN2-xTB (tblite)", help="the labelling method, for the manifest")
+    parser.add_argument("--aligned-from", default=None, metavar="BASE",
+                        help="RUN_DIR is an `mlmd align` output folder and BASE the bundled model it aligned")
+    parser.add_argument("--density", default=None, help="with --aligned-from: the density benchmark's JSON")
     args = parser.parse_args()
-    print(bundle(args.run_dir, args.name, args.transfer, args.reference))
+    if args.aligned_from:
+        print(bundle_aligned(args.run_dir, args.name, args.aligned_from, args.transfer, args.density))
+    else:
+        print(bundle(args.run_dir, args.name, args.transfer, args.reference))
 
 
 if __name__ == "__main__":

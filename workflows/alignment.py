@@ -275,9 +275,14 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
         if progress:
             progress(f"round {k}: " + ", ".join(f"{m['name']} {m['pressure_bar']:+.0f} bar" for m in measured))
         anchors = _anchors(cfg, model)
+
+        def fit_progress(step: int, total: int, record: dict[str, float]) -> None:
+            if progress and (step % 25 == 0 or step == total):
+                progress(f"round {k}: fit step {step}/{total}: " +
+                         ", ".join(f"{name} {value:.3g}" for name, value in record.items() if name != "step"))
+
         fit = align_energy_head(model, liquids, anchors, cfg.fit.model_copy(update={"seed": cfg.seed + k}),
-                                progress=(lambda s, n, r: progress(f"round {k}: fit {s}/{n} loss {r['loss']:.3g}"))
-                                if progress else None)
+                                progress=fit_progress)
         summary = {"round": k, "model_in": current, "liquids": measured, "fit": {key: fit[key] for key in ("liquids", "anchors")},
                    "fit_final_loss": fit["history"][-1]}
         save_checkpoint(model, model_path, metadata={"alignment": {"base_model": cfg.model, "round": k}})

@@ -9,6 +9,11 @@ def bamboo_electrolyte() -> Path:
     return Path(str(files(__name__).joinpath("bamboo-electrolyte", "model.pt")))
 
 
+def bamboo_electrolyte_aligned() -> Path:
+    """``bamboo-electrolyte`` with its energy head aligned to experimental liquid densities (``mlmd align``)."""
+    return Path(str(files(__name__).joinpath("bamboo-electrolyte-aligned", "model.pt")))
+
+
 def bamboo_carbon() -> Path:
     """BAMBOO-style potential for carbon crystals (no Coulomb term), trained on GFN1-xTB labels of carbon_24 supercells."""
     return Path(str(files(__name__).joinpath("bamboo-carbon", "model.pt")))
