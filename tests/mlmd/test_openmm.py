@@ -245,7 +245,8 @@ def test_mixed_system_interpolates_between_mm_and_ml(model_path, water_box):
 def test_unknown_model_name_is_rejected_when_the_potential_is_created():
     with pytest.raises(InputError) as err:
         _mlpotential(model="no-such-model")
-    assert str(err.value) == ("model 'no-such-model' is neither a bundled model (bamboo-carbon, bamboo-electrolyte) "
+    assert str(err.value) == ("model 'no-such-model' is neither a bundled model (bamboo-carbon, bamboo-electrolyte, "
+                              "bamboo-electrolyte-aligned) "
                               "nor an existing checkpoint file")
 
 

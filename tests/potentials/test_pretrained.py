@@ -26,3 +26,27 @@ def test_bundled_carbon_potential_relaxes_a_rattled_diamond_back_to_its_sites():
     shift = relaxed.positions - ideal.positions
     shift -= shift.mean(axis=0)  # a rigid translation is free
     assert np.abs(shift).max() < 0.01
+
+
+def test_aligned_electrolyte_model_lowers_the_pressure_of_liquid_dmc_at_its_experimental_density():
+    from pathlib import Path
+
+    from ase.io import read
+
+    from mlmd.checkpoint import load_potential
+    from mlmd.data import make_sample
+    from potentials.alignment import LiquidFrames, molecular_offsets, molecular_pressures_bar
+
+    frame = read(Path(__file__).parent / "data" / "dmc_at_experimental_density.extxyz")
+    mol = frame.arrays["mol_id"]
+    offsets = molecular_offsets(frame.positions, frame.get_masses(), mol)
+    pressure = {}
+    for name in ("bamboo-electrolyte", "bamboo-electrolyte-aligned"):
+        model = load_potential(name)
+        liquid = LiquidFrames("DMC", [make_sample(frame, model.cutoff, model.species)], [offsets], int(mol.max()) + 1,
+                              298.15)
+        pressure[name] = float(molecular_pressures_bar(model, liquid)[0])
+    assert model.metadata["alignment"]["base_model"] == "bamboo-electrolyte"
+    # the base model reads DMC at 1.063 g/cm³ at thousands of bar; the alignment took ~3-4 kbar off that
+    shift = pressure["bamboo-electrolyte-aligned"] - pressure["bamboo-electrolyte"]
+    assert -6000.0 < shift < -2000.0

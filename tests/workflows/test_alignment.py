@@ -76,3 +76,16 @@ def test_tiny_alignment_runs_end_to_end_and_resumes(tmp_path, table):
     again = align(cfg)      # finished rounds are read back, not redone
     assert frames.stat().st_mtime_ns == stamp
     assert json.dumps(again["rounds"]) == json.dumps(result["rounds"])
+
+
+def test_pooled_response_is_the_surviving_fraction_of_the_fitted_shifts_clamped():
+    from workflows.alignment import pooled_response
+
+    previous = {"liquids": [{"name": "A", "pressure_bar": 3000.0}, {"name": "B", "pressure_bar": 1000.0}],
+                "fit": {"liquids": [{"name": "A", "achieved_shift_bar": -3000.0},
+                                    {"name": "B", "achieved_shift_bar": -1000.0}]}}
+    now = [{"name": "A", "pressure_bar": 1000.0}, {"name": "B", "pressure_bar": 600.0}]
+    assert pooled_response(previous, now) == pytest.approx((2400.0) / 4000.0)
+    assert pooled_response(previous, [{"name": "A", "pressure_bar": 2990.0}]) == 0.25      # barely moved: clamped
+    assert pooled_response(previous, [{"name": "A", "pressure_bar": -2000.0}]) == 1.0      # overshot: never amplify less
+    assert pooled_response(previous, [{"name": "C", "pressure_bar": 0.0}]) == 1.0          # nothing to compare
