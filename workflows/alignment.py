@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -134,6 +135,7 @@ def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder
     from ase.io import read, write
     from ase.optimize import FIRE
 
+    from mlmd import keys
     from mlmd.calculator import MLMDCalculator
     from mlmd.io import atomic_path
     from mlmd.md.config import make_config
@@ -173,7 +175,7 @@ def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder
     for frame in frames:
         clean = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
         clean.arrays["mol_id"] = mol_id
-        clean.info["total_charge"] = 0
+        clean.info[keys.TOTAL_CHARGE] = 0
         keep.append(clean)
     with atomic_path(out) as tmp:
         write(tmp, keep, format="extxyz")
@@ -227,8 +229,10 @@ def _anchors(cfg: AlignConfig, model):
 def _mean_sem(values: np.ndarray) -> tuple[float, float]:
     from workflows.analysis.statistics import standard_error
 
-    if len(values) < 8:
-        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    if len(values) < 2:
+        return float(values.mean()), math.nan
+    if len(values) < 8:  # too short for a correlation time
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
     return float(values.mean()), float(standard_error(values, method="inefficiency"))
 
 
@@ -254,8 +258,6 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
     from mlmd.checkpoint import load_potential, resolve_model_path, save_checkpoint
     from mlmd.io import atomic_write_text
     from potentials.alignment import align_energy_head, molecular_pressures_bar
-
-    import json
 
     rows = read_density_table(Path(cfg.densities), cfg.liquids)
     base_path = str(resolve_model_path(cfg.model))
