@@ -53,10 +53,13 @@ class AlignConfig(BaseModel):
     pressure_bar: float = 1.0
     timestep_fs: float = Field(1.0, gt=0, le=5)
     minimise_steps: int = Field(200, ge=0)
-    equilibration_steps: int = Field(500, ge=0, description="NVT steps discarded before sampling")
+    equilibration_steps: int = Field(2000, ge=0, description="NVT steps discarded before sampling")
     sample_steps: int = Field(1500, ge=1, description="NVT steps sampled after equilibration")
     sample_interval: int = Field(25, ge=1, description="keep a frame every this many steps")
     rounds: int = Field(2, ge=1)
+    # A fresh packmol box is still relaxing after a short equilibration (its pressure falls through the sampling
+    # window), which biases ⟨P⟩ high; later rounds start from the liquid's last frame of the previous round instead.
+    warm_start: bool = True
     # The liquid re-packs under the aligned model and takes back part of each shift (measured: about 40 %), so from
     # the second round on, targets are divided by the previous round's pooled response (clamped to [0.25, 1]).
     correct_for_response: bool = True
@@ -127,8 +130,10 @@ def _plan(row: dict[str, Any], cfg: AlignConfig, model_path: str):
     return plan_formulation(spec)
 
 
-def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder: Path) -> Path:
-    """NVT frames of one liquid at its experimental density with the model at ``model_path`` -> frames file."""
+def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder: Path,
+                  start: Path | None = None) -> Path:
+    """NVT frames of one liquid at its experimental density with the model at ``model_path`` -> frames file.
+    ``start``: a frames file whose last frame is the initial state (else a packed, minimised box)."""
     import io
 
     import torch
@@ -151,6 +156,10 @@ def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder
     box_path = folder / "box.extxyz"
     if box_path.is_file():
         atoms = read(box_path)
+    elif start is not None:
+        atoms = read(start, index=-1)
+        with atomic_path(box_path) as tmp:
+            write(tmp, atoms, format="extxyz")
     else:
         atoms = pack_box(plan, seed=cfg.seed, density_g_cm3=row["density_g_cm3"])
         calc = MLMDCalculator(model_path)
@@ -182,17 +191,20 @@ def sample_liquid(row: dict[str, Any], cfg: AlignConfig, model_path: str, folder
     return out
 
 
-def _sample_all(rows, cfg: AlignConfig, model_path: str, round_dir: Path) -> dict[str, Path]:
+def _sample_all(rows, cfg: AlignConfig, model_path: str, round_dir: Path, previous: Path | None) -> dict[str, Path]:
     todo = [r for r in rows if not (round_dir / r["name"] / FRAMES).is_file()]
+    starts = [None] * len(todo)
+    if cfg.warm_start and previous is not None:
+        starts = [p if (p := previous / r["name"] / FRAMES).is_file() else None for r in todo]
+    folders = [round_dir / r["name"] for r in todo]
     if cfg.workers > 1 and len(todo) > 1:
         import multiprocessing
 
         with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(sample_liquid, todo, [cfg] * len(todo), [model_path] * len(todo),
-                          [round_dir / r["name"] for r in todo]))
+            list(pool.map(sample_liquid, todo, [cfg] * len(todo), [model_path] * len(todo), folders, starts))
     else:
-        for r in todo:
-            sample_liquid(r, cfg, model_path, round_dir / r["name"])
+        for args in zip(todo, [cfg] * len(todo), [model_path] * len(todo), folders, starts):
+            sample_liquid(*args)
     return {r["name"]: round_dir / r["name"] / FRAMES for r in rows}
 
 
@@ -278,7 +290,7 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
             continue
         if progress:
             progress(f"round {k}: sampling {len(rows)} liquids")
-        paths = _sample_all(rows, cfg, current, round_dir)
+        paths = _sample_all(rows, cfg, current, round_dir, cfg.output / f"round_{k - 1}" if k else None)
         model = load_potential(current)
         liquids, measured = [], []
         for row in rows:
@@ -286,9 +298,11 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
             p = molecular_pressures_bar(model, liquid)
             mean, sem = _mean_sem(p)
             liquids.append(liquid)
+            halves = np.array_split(p, 2)
             measured.append({"name": row["name"], "temperature_K": row["temperature_K"],
                              "density_g_cm3": row["density_g_cm3"], "pressure_bar": mean, "pressure_sem_bar": sem,
-                             "n_frames": len(p)})
+                             # second half minus first: far beyond the sem, the liquid was still relaxing
+                             "pressure_drift_bar": float(halves[1].mean() - halves[0].mean()), "n_frames": len(p)})
         response = pooled_response(summaries[-1], measured) if cfg.correct_for_response and summaries else 1.0
         for liquid, m in zip(liquids, measured):
             liquid.target_shift_bar = (cfg.pressure_bar - m["pressure_bar"]) / response

@@ -61,7 +61,7 @@ def test_tiny_alignment_runs_end_to_end_and_resumes(tmp_path, table):
     model = tiny_checkpoint(tmp_path / "tiny.pt")
     cfg = load_align_config(None, {"densities": table, "liquids": ["DME"], "model": str(model), "n_atoms": 110,
                                    "output": tmp_path / "out", "minimise_steps": 5, "timestep_fs": 0.1, "equilibration_steps": 10,
-                                   "sample_steps": 20, "sample_interval": 10, "rounds": 1, "workers": 1,
+                                   "sample_steps": 20, "sample_interval": 10, "rounds": 2, "workers": 1,
                                    "fit": {"steps": 2}})
     result = align(cfg)
     frames = tmp_path / "out" / "round_0" / "DME" / "frames.extxyz"
@@ -69,10 +69,17 @@ def test_tiny_alignment_runs_end_to_end_and_resumes(tmp_path, table):
     measured = result["rounds"][0]["liquids"][0]
     assert measured["name"] == "DME" and measured["n_frames"] == 3
     assert result["rounds"][0]["fit"]["liquids"][0]["target_shift_bar"] == pytest.approx(1.0 - measured["pressure_bar"])
+    # round 1 starts from round 0's last frame (warm start), not from a new packmol box
+    from ase.io import read
+
+    assert read(tmp_path / "out" / "round_1" / "DME" / "box.extxyz").positions == pytest.approx(
+        read(frames, index=-1).positions, abs=1e-6)
+    assert 0.25 <= result["rounds"][1]["response"] <= 1.0
     from mlmd.checkpoint import load_potential
 
     aligned = load_potential(tmp_path / "out" / "aligned.pt")
-    assert aligned.metadata["alignment"]["pressures_bar"][0]["DME"] == pytest.approx(measured["pressure_bar"], abs=0.1)
+    assert aligned.metadata["alignment"]["pressures_bar"][1]["DME"] == pytest.approx(
+        result["rounds"][1]["liquids"][0]["pressure_bar"], abs=0.1)
     again = align(cfg)      # finished rounds are read back, not redone
     assert frames.stat().st_mtime_ns == stamp
     assert json.dumps(again["rounds"]) == json.dumps(result["rounds"])
