@@ -1,6 +1,6 @@
 """Conductivity of 1 M LiPF6 in EC:DMC (1:1 by mass, 298.15 K) vs shared/data/experimental_transport.csv.
 
-    .venv/bin/python -m benchmarks.electrolytes.conductivity [--model bamboo-electrolyte] [--workers 2]
+    .venv/bin/python -m benchmarks.electrolytes.conductivity [--model bamboo-electrolyte-aligned] [--workers 2]
         [--scheduler tcp://HOST:PORT] [--n-atoms 1200] [--replicas 8] [--quick] [--out runs/benchmarks/electrolytes]
 
 The full screening protocol: NPT density, then ``--replicas`` independent NVT replicas (weak Bussi thermostat,
@@ -34,7 +34,7 @@ SMOKE = dict(PRODUCTION, minimise_steps=10, equilibration_steps=20, density_min_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.electrolytes.conductivity",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="bamboo-electrolyte")
+    ap.add_argument("--model", default="bamboo-electrolyte-aligned", help="default: the model aligned to experimental densities")
     ap.add_argument("--calculator", default=None, help="module:factory instead of the plain model (testing only)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", default=None)
