@@ -115,12 +115,9 @@ def molecular_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype = to
 
 
 def _trainable_head(model) -> list[torch.nn.Parameter]:
-    head = getattr(model, "energy_head", None)
-    if head is None:
-        raise InputError(f"density alignment needs a model with an energy head (BAMBOO); got {type(model).__name__}")
     for p in model.parameters():
         p.requires_grad_(False)
-    params = list(head.parameters())
+    params = list(model.energy_head.parameters())
     for p in params:
         p.requires_grad_(True)
     return params
@@ -132,7 +129,8 @@ def align_energy_head(model, liquids: Sequence[LiquidFrames], anchors: Sequence[
     """Fine-tune ``model.energy_head`` in place so each liquid's mean molecular pressure shifts by its
     ``target_shift_bar``. Returns the achieved shift per liquid and the change of anchor energies and forces."""
     settings = settings or AlignmentSettings()
-    params = _trainable_head(model)
+    if getattr(model, "energy_head", None) is None:
+        raise InputError(f"density alignment needs a model with an energy head (BAMBOO); got {type(model).__name__}")
     if not liquids:
         raise InputError("density alignment needs at least one liquid with frames")
     for liquid in liquids:
@@ -141,6 +139,7 @@ def align_energy_head(model, liquids: Sequence[LiquidFrames], anchors: Sequence[
         if not liquid.reference:
             liquid.reference = [_evaluate(model, [s], [d], dtype) for s, d in zip(liquid.samples, liquid.offsets)]
     anchor_reference = [_evaluate(model, [s], None, dtype) for s in anchors]
+    params = _trainable_head(model)
     optimiser = torch.optim.Adam(params, lr=settings.lr)
     rng = np.random.default_rng(settings.seed)
     model.train()
