@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from mlmd.checkpoint import read_checkpoint
-from mlmd.io import atomic_write_text
+from mlmd.io import atomic_write_text, file_sha256
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
@@ -46,7 +41,7 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
         path = Path(entry)
         for f in sorted(path.iterdir()) if path.is_dir() else [path]:
             if f.name.endswith((".xyz", ".extxyz", ".gz", ".db")):
-                files.append({"path": str(f), "sha256": _sha256(f)})
+                files.append({"path": str(f), "sha256": file_sha256(f)})
     frames = read_frames(meta.get("data", []))
     counts = collections.Counter((split_of(a) or "unsplit", str(a.info.get("config_type", "default"))) for a in frames)
     manifest = {"data_hash": meta.get("data_hash"), "files": files, "n_frames": len(frames),

@@ -20,7 +20,6 @@ Output folder::
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -261,14 +260,10 @@ def pooled_response(previous: dict[str, Any], measured: list[dict[str, Any]]) ->
     return float(min(max(change / applied, 0.25), 1.0))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
     """Run ``cfg.rounds`` rounds of sampling + head fine-tuning; resumes from finished rounds and liquids."""
     from mlmd.checkpoint import load_potential, resolve_model_path, save_checkpoint
-    from mlmd.io import atomic_write_text
+    from mlmd.io import atomic_write_text, file_sha256
     from potentials.alignment import align_energy_head, molecular_pressures_bar
 
     rows = read_density_table(Path(cfg.densities), cfg.liquids)
@@ -326,7 +321,7 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
         current = str(model_path)
     final = cfg.output / "aligned.pt"
     model = load_potential(current)
-    meta = {"alignment": {"base_model": cfg.model, "base_sha256": _sha256(Path(base_path)),
+    meta = {"alignment": {"base_model": cfg.model, "base_sha256": file_sha256(base_path),
                           "densities": str(cfg.densities), "pressure_bar": cfg.pressure_bar, "rounds": cfg.rounds,
                           "pressures_bar": [{m["name"]: round(m["pressure_bar"], 1) for m in s["liquids"]}
                                             for s in summaries]}}

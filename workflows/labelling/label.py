@@ -13,7 +13,6 @@ Reruns with the same settings skip finished clusters (resume); a larger ``n_clus
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -30,7 +29,7 @@ from ase.io import read, write
 
 from mlmd import keys
 from mlmd.errors import ConfigError
-from mlmd.io import atomic_path, atomic_write_text
+from mlmd.io import atomic_path, atomic_write_text, file_sha256
 
 from .calculators import load_factory, make_calculator
 from .clusters import KINDS, build_cluster, sample_spec
@@ -169,14 +168,6 @@ def _read_frames(path: Path) -> list[Atoms]:
     return read(str(path), index=":", format="extxyz")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class ShardStore:
     """Shards of ``shard_size`` clusters; frames appended as clusters finish, gzipped when a shard completes."""
 
@@ -310,7 +301,7 @@ class ShardStore:
                 pending["frames"] += sum(r["frames"] for r in recs)
                 continue
             n_frames = sum(r["frames"] for r in recs)
-            shards.append({"file": self.final(k).name, "sha256": _sha256(self.final(k)), "clusters": len(recs),
+            shards.append({"file": self.final(k).name, "sha256": file_sha256(self.final(k)), "clusters": len(recs),
                            "first_cluster": self.expected(k).start, "last_cluster": self.expected(k).stop - 1,
                            "frames": n_frames})
             for r in recs:

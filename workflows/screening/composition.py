@@ -22,9 +22,7 @@ records ``density_source: "assumed"`` and the NPT run then gives its real densit
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from mlmd import keys
 from mlmd.errors import ConfigError, InputError, UnknownElementError
+from mlmd.io import file_sha256
 from mlmd.units import G_PER_CM3_PER_AMU_PER_A3
 from workflows.screening.spec import FormulationSpec, SolventSpec
 
@@ -144,14 +143,6 @@ class Plan:
 
 # ------------------------------------------------------------------------------------------ model
 
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=16)
 def _model_info_cached(name: str, path: str, mtime: float) -> ModelInfo:
     from mlmd.checkpoint import read_checkpoint
@@ -162,7 +153,7 @@ def _model_info_cached(name: str, path: str, mtime: float) -> ModelInfo:
     cutoff = float(meta.get("cutoff") or payload["config"].get("cutoff") or 0.0)
     uncertainty = payload.get("model_type") == "ensemble" or bool(
         meta.get("uncertainty") or meta.get("posterior_samples") or meta.get("ensemble_size"))
-    return ModelInfo(name, str(Path(path).resolve()), _sha256(path), species, cutoff, meta.get("mlmd_version"),
+    return ModelInfo(name, str(Path(path).resolve()), file_sha256(path), species, cutoff, meta.get("mlmd_version"),
                      payload.get("model_type"), uncertainty)
 
 
