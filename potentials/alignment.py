@@ -51,7 +51,7 @@ class LiquidFrames:
     """Frames of one liquid at its experimental density.
 
     samples: graphs (periodic, one volume); offsets: per frame d_i (N, 3) Å; n_molecules; temperature_K.
-    target_shift_bar: the wanted change of the molecular pressure (set by :func:`pressure_targets`).
+    target_shift_bar: the wanted change of the molecular pressure (the caller sets it from measured pressures).
     """
 
     name: str
@@ -101,17 +101,21 @@ def _evaluate(model, samples: Sequence[Sample], offsets: Sequence[np.ndarray] | 
     return result
 
 
-def molecular_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype = torch.float32,
-                            batch_size: int = 4) -> np.ndarray:
-    """Molecular pressure of every frame of ``liquid`` (static part + N_mol k_B T / V), bar, (n_frames,)."""
+def _static_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype, batch_size: int = 4) -> np.ndarray:
+    """Static molecular pressure of every frame of ``liquid``, bar, (n_frames,)."""
     values = []
     for start in range(0, len(liquid.samples), batch_size):
         chunk = slice(start, start + batch_size)
         values.append(_evaluate(model, liquid.samples[chunk], liquid.offsets[chunk], dtype)["pressure_bar"])
-    static = torch.cat(values).double().numpy()
+    return torch.cat(values).double().numpy()
+
+
+def molecular_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype = torch.float32,
+                            batch_size: int = 4) -> np.ndarray:
+    """Molecular pressure of every frame of ``liquid`` (static part + N_mol k_B T / V), bar, (n_frames,)."""
     volume = float(liquid.samples[0].graph.volumes()[0])
     kinetic = liquid.n_molecules * KB_EV_PER_K * liquid.temperature_K / volume * BAR_PER_EV_PER_A3
-    return static + kinetic
+    return _static_pressures_bar(model, liquid, dtype, batch_size) + kinetic
 
 
 def _trainable_head(model) -> list[torch.nn.Parameter]:
@@ -182,8 +186,7 @@ def align_energy_head(model, liquids: Sequence[LiquidFrames], anchors: Sequence[
 
 
 def _achieved(model, liquid: LiquidFrames, dtype: torch.dtype) -> dict[str, Any]:
-    new = np.array([float(_evaluate(model, [s], [d], dtype)["pressure_bar"][0])
-                    for s, d in zip(liquid.samples, liquid.offsets)])
+    new = _static_pressures_bar(model, liquid, dtype)
     old = np.array([float(r["pressure_bar"][0]) for r in liquid.reference])
     return {"name": liquid.name, "target_shift_bar": liquid.target_shift_bar,
             "achieved_shift_bar": float((new - old).mean()), "n_frames": len(liquid.samples)}
