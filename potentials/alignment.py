@@ -50,7 +50,8 @@ class AlignmentSettings(BaseModel):
 class LiquidFrames:
     """Frames of one liquid at its experimental density.
 
-    samples: graphs (periodic, one volume); offsets: per frame d_i (N, 3) Å; n_molecules; temperature_K.
+    samples: periodic graphs (NVT frames share one volume, NPT frames each have their own); offsets: per frame
+    d_i (N, 3) Å; n_molecules; temperature_K.
     target_shift_bar: the wanted change of the molecular pressure (the caller sets it from measured pressures).
     """
 
@@ -113,8 +114,8 @@ def _static_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype, batch
 def molecular_pressures_bar(model, liquid: LiquidFrames, dtype: torch.dtype = torch.float32,
                             batch_size: int = 4) -> np.ndarray:
     """Molecular pressure of every frame of ``liquid`` (static part + N_mol k_B T / V), bar, (n_frames,)."""
-    volume = float(liquid.samples[0].graph.volumes()[0])
-    kinetic = liquid.n_molecules * KB_EV_PER_K * liquid.temperature_K / volume * BAR_PER_EV_PER_A3
+    volumes = np.array([float(s.graph.volumes()[0]) for s in liquid.samples])
+    kinetic = liquid.n_molecules * KB_EV_PER_K * liquid.temperature_K / volumes * BAR_PER_EV_PER_A3
     return _static_pressures_bar(model, liquid, dtype, batch_size) + kinetic
 
 
@@ -129,9 +130,12 @@ def _trainable_head(model) -> list[torch.nn.Parameter]:
 
 def align_energy_head(model, liquids: Sequence[LiquidFrames], anchors: Sequence[Sample],
                       settings: AlignmentSettings | None = None, dtype: torch.dtype = torch.float32,
-                      progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+                      progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                      anchor_model=None) -> dict[str, Any]:
     """Fine-tune ``model.energy_head`` in place so each liquid's mean molecular pressure shifts by its
-    ``target_shift_bar``. Returns the achieved shift per liquid and the change of anchor energies and forces."""
+    ``target_shift_bar``. Anchor energies and forces are held to ``anchor_model`` (default: ``model`` as it comes
+    in; pass the original model of a multi-round alignment so the rounds cannot drift away from it). Returns the
+    achieved shift per liquid and the change of anchor energies and forces from the anchor model."""
     settings = settings or AlignmentSettings()
     if getattr(model, "energy_head", None) is None:
         raise InputError(f"density alignment needs a model with an energy head (BAMBOO); got {type(model).__name__}")
@@ -142,7 +146,7 @@ def align_energy_head(model, liquids: Sequence[LiquidFrames], anchors: Sequence[
             raise InputError(f"liquid {liquid.name!r} has no frames to align on")
         if not liquid.reference:
             liquid.reference = [_evaluate(model, [s], [d], dtype) for s, d in zip(liquid.samples, liquid.offsets)]
-    anchor_reference = [_evaluate(model, [s], None, dtype) for s in anchors]
+    anchor_reference = [_evaluate(model if anchor_model is None else anchor_model, [s], None, dtype) for s in anchors]
     params = _trainable_head(model)
     optimiser = torch.optim.Adam(params, lr=settings.lr)
     rng = np.random.default_rng(settings.seed)

@@ -7,7 +7,7 @@ from mlmd.errors import InputError
 from potentials.alignment import (AlignmentSettings, LiquidFrames, align_energy_head, molecular_offsets,
                                   molecular_pressures_bar)
 from potentials.bamboo import BambooPotential
-from mlmd.units import BAR_PER_EV_PER_A3
+from mlmd.units import BAR_PER_EV_PER_A3, KB_EV_PER_K
 from tests.conftest import periodic_box, water_cluster
 from tests.potentials.test_bamboo import SMALL
 
@@ -82,3 +82,39 @@ def test_alignment_moves_each_liquid_by_its_target_and_only_the_energy_head():
 def test_alignment_refuses_a_model_without_an_energy_head():
     with pytest.raises(InputError, match="energy head"):
         align_energy_head(torch.nn.Linear(2, 2), [], [])
+
+
+def test_kinetic_part_uses_each_frames_own_volume():
+    # NPT frames have different cells: N_mol k_B T / V must use each frame's V, not the first frame's.
+    torch.manual_seed(0)
+    model = BambooPotential(MODEL).double().eval()
+    atoms = _with_molecules(periodic_box(seed=1))
+    bigger = atoms.copy()
+    bigger.set_cell(atoms.cell.array * 1.1, scale_atoms=True)
+    frames = [atoms, bigger]
+    liquid = LiquidFrames("npt", [make_sample(a, model.cutoff, model.species) for a in frames],
+                          [molecular_offsets(a.positions, a.get_masses(), a.arrays["mol_id"]) for a in frames],
+                          int(atoms.arrays["mol_id"].max()) + 1, 300.0)
+    cold = LiquidFrames(liquid.name, liquid.samples, liquid.offsets, liquid.n_molecules, 1e-9)
+    kinetic = molecular_pressures_bar(model, liquid, torch.float64) - molecular_pressures_bar(model, cold, torch.float64)
+    expected = [liquid.n_molecules * KB_EV_PER_K * 300.0 / a.get_volume() * BAR_PER_EV_PER_A3 for a in frames]
+    assert kinetic == pytest.approx(expected, rel=1e-6)
+
+
+def test_anchors_are_held_to_the_anchor_model_not_to_the_model_as_it_comes_in():
+    torch.manual_seed(0)
+    model = BambooPotential(MODEL).double().eval()
+    torch.manual_seed(1)
+    other = BambooPotential(MODEL).double().eval()
+    anchors = [make_sample(water_cluster(4, seed=s), model.cutoff, model.species) for s in range(2)]
+    settings = AlignmentSettings(steps=1, lr=1e-12, anchors_per_step=2)
+    own = align_energy_head(model, [_liquid(model, seed=1)], anchors, settings, dtype=torch.float64)
+    held = align_energy_head(model, [_liquid(model, seed=1)], anchors, settings, dtype=torch.float64,
+                             anchor_model=other)
+    assert own["anchors"]["energy_change_mae_meV_per_atom"] < 1e-6
+    def energy(potential, sample):
+        with torch.no_grad():
+            return float(potential(sample.graph.to(dtype=torch.float64), compute_forces=False)["energy"][0])
+
+    gap = [abs(energy(model, s) - energy(other, s)) / s.graph.num_atoms for s in anchors]
+    assert held["anchors"]["energy_change_mae_meV_per_atom"] == pytest.approx(1000.0 * np.mean(gap), rel=1e-4)

@@ -110,9 +110,21 @@ def test_density_from_volume_series():
     assert res.mean == pytest.approx(expected, rel=1e-3)
     assert 0 < res.sem < 1e-3 and res.converged
     assert res.n_samples + res.start == 20000
+    assert res.stationary and abs(res.drift) < 2e-3
     with pytest.raises(InputError) as e:
         density(mass, np.r_[v[:10], -1.0])
     assert str(e.value) == "volumes_A3 must all be > 0 Å³; got -1.0"
     with pytest.raises(InputError) as e:
         density(0.0, v)
     assert str(e.value) == "total_mass_amu must be a number > 0 amu; got 0.0"
+
+
+def test_a_box_that_keeps_compressing_is_not_stationary():
+    # A steady 3 % compression over the run: no equilibration cut removes it, and the two halves differ by far
+    # more than their noise.
+    mass = 6.022e3
+    v = 1e4 * (1 - 0.03 * np.linspace(0.0, 1.0, 2000)) * (1 + 0.002 * ar1(0.5, 2000, 3))
+    res = density(mass, v)
+    assert not res.stationary
+    # density rises ~3 %; the cut keeps at least the last half, whose halves differ by at least ~0.75 %
+    assert 0.0075 * 1.0 * 0.9 < res.drift < 0.016

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -221,7 +223,9 @@ def detect_equilibration(x, n_candidates: int = 50) -> Equilibration:
 @dataclass
 class Density:
     """Mass density in g/cm³ from a volume series: mean, standard error (automatic blocking), and the equilibration
-    cut used. ``converged`` is False when blocking found no plateau (error bar is then a lower bound)."""
+    cut used. ``converged`` is False when blocking found no plateau (error bar is then a lower bound). ``drift`` is
+    the second half's mean minus the first half's (after the cut); ``stationary`` is False when it exceeds twice
+    its own standard error: the box was still compressing or expanding, whatever the error bar says."""
 
     mean: float
     sem: float
@@ -229,6 +233,8 @@ class Density:
     n_samples: int
     converged: bool
     series: np.ndarray = field(repr=False)
+    drift: float = 0.0
+    stationary: bool = True
 
 
 def density(total_mass_amu, volumes_A3, discard_equilibration: bool = True) -> Density:
@@ -243,4 +249,16 @@ def density(total_mass_amu, volumes_A3, discard_equilibration: bool = True) -> D
     rho = mass / v * G_PER_CM3_PER_AMU_PER_A3
     start = detect_equilibration(rho).start if discard_equilibration else 0
     ba = block_average(rho[start:])
-    return Density(ba.mean, ba.sem, start, rho.shape[0] - start, ba.converged, rho)
+    drift, stationary = _half_drift(rho[start:])
+    return Density(ba.mean, ba.sem, start, rho.shape[0] - start, ba.converged, rho, drift, stationary)
+
+
+def _half_drift(x: np.ndarray) -> tuple[float, bool]:
+    """Second half's mean minus the first half's, and whether that is within 2 standard errors (each half's
+    error from its statistical inefficiency; a trend inflates those, so this flags only clear drifts)."""
+    if x.shape[0] < 2 * MIN_SAMPLES:
+        return 0.0, True
+    first, second = np.array_split(x, 2)
+    drift = float(second.mean() - first.mean())
+    noise = math.hypot(standard_error(first, "inefficiency"), standard_error(second, "inefficiency"))
+    return drift, bool(abs(drift) <= 2.0 * noise)

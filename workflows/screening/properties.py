@@ -123,6 +123,9 @@ def compute(plan: Plan, folder: Path, figures: bool = True) -> dict[str, Any]:
     summaries["density"] = {**summary(rho), "stopped": decision.get("stopped"), "production_steps": decision.get("steps")}
     if not rho.converged:
         notes.append("density: blocking found no plateau; the error bar is a lower bound")
+    if not rho.stationary:
+        notes.append(f"density: still drifting ({rho.drift:+.4f} g/cm³ between the production halves); "
+                     "run a longer equilibration")
     from workflows.analysis.plots import plot_density
 
     log_dt = p.density_log_interval * p.timestep_fs

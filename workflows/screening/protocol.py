@@ -340,10 +340,12 @@ def stage_density(plan: Plan, folder: Path, atoms: Atoms, calc) -> dict[str, Any
                        _step_reporter(folder, "density", f"NPT production (σ target {p.density_target_sem:g})"), plan)
         rho = density_series(plan, folder)
         decision = {"steps": target, "density_g_cm3": rho.mean, "sem_g_cm3": rho.sem, "converged": bool(rho.converged),
+                    "drift_g_cm3": rho.drift, "stationary": rho.stationary,
                     "equilibration_samples_dropped": int(rho.start), "n_samples": int(rho.n_samples)}
         write_status(folder, "density", f"{target} steps: ρ = {rho.mean:.4f} ± {rho.sem:.4f} g/cm³")
-        # Stop only on a trustworthy error bar: blocking found a plateau (otherwise sem is a lower bound).
-        if rho.sem < p.density_target_sem and rho.converged and rho.n_samples >= 16:
+        # Stop only on a trustworthy error bar: blocking found a plateau (otherwise sem is a lower bound) and the
+        # box is no longer compressing or expanding.
+        if rho.sem < p.density_target_sem and rho.converged and rho.stationary and rho.n_samples >= 16:
             decision["stopped"] = "standard error below target"
             break
     else:
