@@ -95,7 +95,8 @@ def bundle_aligned(align_dir: str | Path, name: str, base: str, transfer: str | 
                    density: str | Path | None = None) -> Path:
     """Package ``align_dir/aligned.pt`` (``mlmd align``) as ``name``: the weights, the base model's config and data
     manifest, the alignment summary, and metrics: the errors against the reference on the base model's test splits
-    (what the alignment cost) and, if given, the density benchmark's JSON (what it bought)."""
+    (what the alignment cost), the alignment's own density check and, if given, the density benchmark's JSON
+    (what it bought)."""
     from mlmd.checkpoint import load_potential
     from mlmd.data import read_frames
 
@@ -113,6 +114,9 @@ def bundle_aligned(align_dir: str | Path, name: str, base: str, transfer: str | 
     metrics.update(test_metrics(model, read_frames(data), data))
     if transfer is not None and Path(transfer).exists():
         metrics["transfer"] = transfer_metrics(model, transfer)
+    check = json.loads((align_dir / "alignment.json").read_text()).get("check")
+    if check is not None:
+        metrics["density_check"] = check
     if density is not None:
         metrics["density_benchmark"] = json.loads(Path(density).read_text())
     atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2))

@@ -5,9 +5,9 @@ keeps frames; then :func:`potentials.alignment.align_energy_head` moves the ener
 molecular pressure on its frames shifts by a target. Two ways to set the target:
 
 - ``target: density`` (default): NPT at ``pressure_bar``; a liquid at model density ρ with experimental density
-  ρ_exp gets the shift K ln(ρ/ρ_exp), which to first order moves its density to ρ_exp. K is each liquid's
-  bulk modulus: ``bulk_modulus_bar`` at first, then measured (secant) from how far the previous round's shift
-  moved that liquid's density. What is fitted is what is validated: the NPT density.
+  ρ_exp gets the shift K ln(ρ/ρ_exp) (times ``step_fraction``), which to first order moves its density to ρ_exp.
+  K is each liquid's bulk modulus: ``bulk_modulus_bar`` at first, then measured (secant) from how far the
+  previous round's shift moved that liquid's density. What is fitted is what is validated: the NPT density.
 - ``target: pressure``: NVT at ρ_exp; the shift is ``pressure_bar − ⟨P⟩``. Cheaper per round, but a liquid held far
   from its own density relaxes slowly, and a short run's ⟨P⟩ is biased.
 
@@ -63,6 +63,9 @@ class AlignConfig(BaseModel):
     pressure_bar: float = 1.0
     target: Literal["density", "pressure"] = "density"
     bulk_modulus_bar: float = Field(20000.0, gt=0, description="first guess of each liquid's bulk modulus (density target)")
+    # One energy head serves every liquid, so a large shift for one moves the others' densities too (measured:
+    # linear carbonates overshot while cyclic ones caught up); taking a fraction of each step damps that.
+    step_fraction: float = Field(1.0, gt=0, le=1, description="fraction of K ln(ρ/ρ_exp) each round's fit targets")
     barostat_time_fs: float = Field(1000.0, gt=0)
     start_frames: Optional[Path] = Field(None, description="folder of <liquid>/frames.extxyz whose last frames start round 0")
     check: bool = Field(True, description="sample the aligned model once more and report its densities (density target)")
@@ -385,7 +388,8 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
             response = 1.0
             for liquid, m in zip(liquids, measured):
                 m["bulk_modulus_bar"] = moduli[m["name"]]
-                liquid.target_shift_bar = m["bulk_modulus_bar"] * math.log(m["density_model_g_cm3"] / m["density_g_cm3"])
+                liquid.target_shift_bar = cfg.step_fraction * m["bulk_modulus_bar"] * math.log(
+                    m["density_model_g_cm3"] / m["density_g_cm3"])
             report = ", ".join(f"{m['name']} {m['density_model_g_cm3']:.3f} ({m['density_g_cm3']:.3f})" for m in measured)
         else:
             response = pooled_response(previous, measured) if cfg.correct_for_response and previous else 1.0
@@ -428,6 +432,7 @@ def align(cfg: AlignConfig, progress=None) -> dict[str, Any]:
     final = cfg.output / "aligned.pt"
     model = load_potential(current)
     meta = {"alignment": {"base_model": cfg.model, "base_sha256": file_sha256(base_path), "target": cfg.target,
+                          "anchor_model": cfg.anchor_model or cfg.model,
                           "densities": str(cfg.densities), "pressure_bar": cfg.pressure_bar, "rounds": cfg.rounds,
                           "density_per_round_g_cm3": [{m["name"]: round(m["density_model_g_cm3"], 4)
                                                       for m in s["liquids"]} for s in summaries],
