@@ -326,8 +326,8 @@ def _measure(rows, paths: dict[str, Path], model) -> tuple[list, list[dict[str, 
         (p_mean, p_sem), (rho_mean, rho_sem) = _mean_sem(p), _mean_sem(rho)
         entry = {"name": row["name"], "temperature_K": row["temperature_K"], "density_g_cm3": row["density_g_cm3"],
                  "pressure_bar": p_mean, "pressure_sem_bar": p_sem, "pressure_drift_bar": _drift(p),
-                 "density_model_g_cm3": rho_mean, "density_sem_g_cm3": rho_sem, "density_drift_g_cm3": _drift(rho)}
-        entry["n_frames"] = len(p)
+                 "density_model_g_cm3": rho_mean, "density_sem_g_cm3": rho_sem, "density_drift_g_cm3": _drift(rho),
+                 "n_frames": len(p)}
         liquids.append(liquid)
         measured.append(entry)
     return liquids, measured
