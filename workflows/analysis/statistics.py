@@ -16,9 +16,8 @@ All take plain 1-D arrays and return plain Python numbers or small dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
