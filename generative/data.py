@@ -8,7 +8,6 @@ Batches are flat: ``frac [n_atoms, 3]``, ``lattice [B, 3, 3]`` (rows are the lat
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from mlmd.errors import InputError
+from mlmd.io import file_sha256
 
 #: Default location of the benchmark data, relative to the repository root.
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "crystals"
@@ -72,14 +72,6 @@ class CrystalDataset:
         return len(self.records)
 
 
-def file_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_data_path(path: str | os.PathLike) -> Path:
     """Accept a CSV path or a data-set name (``perov_5``, ``carbon_24``) under ``../shared/data/crystals``."""
     p = Path(path)
@@ -117,7 +109,7 @@ def read_crystal_csv(path: str | os.PathLike, limit: int | None = None) -> Cryst
                 records.append(CrystalRecord.from_structure(s, mid))
             except Exception:  # noqa: BLE001 - any parse failure is a skipped row
                 skipped.append(mid)
-    return CrystalDataset(records, str(p), file_hash(p), len(skipped), skipped)
+    return CrystalDataset(records, str(p), file_sha256(p), len(skipped), skipped)
 
 
 def split_indices(n: int, seed: int = 42, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:

@@ -273,12 +273,6 @@ def _mean_sem(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(standard_error(values, method="inefficiency"))
 
 
-def _drift(values: np.ndarray) -> float:
-    """Mean of the second half minus the first: far beyond the sem, the liquid was still relaxing."""
-    first, second = np.array_split(values, 2)
-    return float(second.mean() - first.mean()) if len(first) and len(second) else 0.0
-
-
 def pooled_response(previous: dict[str, Any], measured: list[dict[str, Any]]) -> float:
     """Σ (⟨P⟩ now − ⟨P⟩ before) / Σ (shift the previous fit achieved on its frames), over the liquids of both
     rounds, clamped to [0.25, 1]: the fraction of a fitted shift that survives re-sampling with the new model."""
@@ -318,6 +312,7 @@ def bulk_moduli(previous: dict[str, Any] | None, measured: list[dict[str, Any]],
 def _measure(rows, paths: dict[str, Path], model) -> tuple[list, list[dict[str, Any]]]:
     """LiquidFrames and the measurements (density and molecular pressure: mean, sem, drift) of each liquid."""
     from potentials.alignment import molecular_pressures_bar
+    from workflows.analysis.statistics import half_drift
 
     liquids, measured = [], []
     for row in rows:
@@ -325,8 +320,8 @@ def _measure(rows, paths: dict[str, Path], model) -> tuple[list, list[dict[str, 
         p = molecular_pressures_bar(model, liquid)
         (p_mean, p_sem), (rho_mean, rho_sem) = _mean_sem(p), _mean_sem(rho)
         entry = {"name": row["name"], "temperature_K": row["temperature_K"], "density_g_cm3": row["density_g_cm3"],
-                 "pressure_bar": p_mean, "pressure_sem_bar": p_sem, "pressure_drift_bar": _drift(p),
-                 "density_model_g_cm3": rho_mean, "density_sem_g_cm3": rho_sem, "density_drift_g_cm3": _drift(rho),
+                 "pressure_bar": p_mean, "pressure_sem_bar": p_sem, "pressure_drift_bar": half_drift(p),
+                 "density_model_g_cm3": rho_mean, "density_sem_g_cm3": rho_sem, "density_drift_g_cm3": half_drift(rho),
                  "n_frames": len(p)}
         liquids.append(liquid)
         measured.append(entry)

@@ -10,6 +10,7 @@
 - :func:`replica_mean` — mean and standard error over independent replicas.
 - :func:`detect_equilibration` — where to start averaging (maximum number of independent samples).
 - :func:`density` — g/cm³ from an NPT volume series, with equilibration cut and blocking error bar.
+- :func:`half_drift` — second half's mean minus the first's.
 
 All take plain 1-D arrays and return plain Python numbers or small dataclasses.
 """
@@ -252,12 +253,19 @@ def density(total_mass_amu, volumes_A3, discard_equilibration: bool = True) -> D
     return Density(ba.mean, ba.sem, start, rho.shape[0] - start, ba.converged, rho, drift, stationary)
 
 
+def half_drift(x) -> float:
+    """Mean of the second half of a series minus the first (0 for fewer than 2 samples): a trend far beyond the
+    standard error says the series was still relaxing."""
+    first, second = np.array_split(np.asarray(x, dtype=float), 2)
+    return float(second.mean() - first.mean()) if len(first) and len(second) else 0.0
+
+
 def _half_drift(x: np.ndarray) -> tuple[float, bool]:
-    """Second half's mean minus the first half's, and whether that is within 2 standard errors (each half's
-    error from its statistical inefficiency; a trend inflates those, so this flags only clear drifts)."""
+    """:func:`half_drift` and whether it is within 2 standard errors (each half's error from its statistical
+    inefficiency; a trend inflates those, so this flags only clear drifts)."""
     if x.shape[0] < 2 * MIN_SAMPLES:
         return 0.0, True
     first, second = np.array_split(x, 2)
-    drift = float(second.mean() - first.mean())
+    drift = half_drift(x)
     noise = math.hypot(standard_error(first, "inefficiency"), standard_error(second, "inefficiency"))
     return drift, bool(abs(drift) <= 2.0 * noise)
