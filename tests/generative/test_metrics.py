@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from generative.metrics import coverage, csp_metrics, fingerprints, generation_metrics, smact_validity, structure_validity, wasserstein_metrics
+from generative.metrics import broad_composition_scaler, coverage, csp_metrics, fingerprints, generation_metrics, smact_validity, structure_validity, wasserstein_metrics
 
 
 def nacl():
@@ -53,6 +53,27 @@ def test_coverage_of_a_set_by_itself_is_one():
     assert cov["cov_recall"] == 1.0 and cov["cov_precision"] == 1.0
     w = wasserstein_metrics(ss, ss)
     assert w["wdist_density"] == 0.0 and w["wdist_num_elems"] == 0.0
+
+
+def test_composition_distance_does_not_depend_on_the_reference_set():
+    """Standardisation is fixed (broad chemistry), so adding unrelated crystals to the reference changes nothing."""
+    batio3 = srtio3().copy()
+    batio3.replace_species({"Sr": "Ba"})
+    gen = fingerprints([batio3])
+    alone = coverage(gen, fingerprints([srtio3()]), 0.2, 4.0)
+    nacl_only = coverage(gen, fingerprints([nacl()]), 0.2, 4.0)
+    mixed = coverage(gen, fingerprints([srtio3(), nacl(), nacl()]), 0.2, 4.0)
+    # the mean of the per-reference distances: SrTiO3's distance to BaTiO3 is the same in both reference sets
+    assert 3 * mixed["amcd_recall"] == pytest.approx(alone["amcd_recall"] + 2 * nacl_only["amcd_recall"])
+    assert alone["cov_recall"] == 1.0 and mixed["cov_recall"] == pytest.approx(1 / 3)
+
+
+def test_broad_composition_scaler_is_deterministic_and_broad():
+    mu, sd = broad_composition_scaler(n=200, seed=3)
+    mu2, sd2 = broad_composition_scaler(n=200, seed=3)
+    assert np.array_equal(mu, mu2) and np.array_equal(sd, sd2) and mu.shape == sd.shape == (132,)
+    # feature 3 is the mean atomic number: spread over the periodic table, not over one structure type
+    assert 10 < sd[3] < 25 and np.all(sd > 0)
 
 
 def test_generation_metrics_json_and_invalid_counted():
