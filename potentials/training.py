@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as nn_functional
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlmd import keys, units
 from mlmd.checkpoint import read_checkpoint, save_checkpoint
@@ -46,6 +46,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: list[str]
+    # Relative sampling weight of a data path's training frames: weight 3 draws each of its frames three times per
+    # epoch, 0.5 half of them (a fresh random half each epoch). Paths not listed weigh 1. Balances a small data set
+    # whose distribution matters (e.g. the one the test split comes from) against a large one.
+    data_weights: dict[str, float] = Field(default_factory=dict)
     output: str = "runs/train"
     model: BambooConfig = Field(default_factory=BambooConfig)
     init_from: str | None = None  # fine-tune from an existing checkpoint
@@ -69,6 +73,16 @@ class TrainConfig(BaseModel):
     num_threads: int | None = None
 
 
+    @model_validator(mode="after")
+    def _check_data_weights(self) -> "TrainConfig":
+        for path, weight in self.data_weights.items():
+            if path not in self.data:
+                raise ValueError(f"data_weights names {path!r}, which is not in data ({', '.join(self.data)})")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"data_weights[{path!r}] = {weight}; a sampling weight must be a finite number > 0")
+        return self
+
+
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (unknown keys and wrong types are errors) and apply ``overrides`` (dotted keys allowed)."""
     raw = read_yaml_mapping(path, "training settings")
@@ -85,6 +99,8 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "value_error" and not err["loc"]:  # a cross-field check of the whole config
+            raise ConfigError(str(err["ctx"]["error"])) from None
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"unknown setting {where!r}; accepted: {', '.join(TrainConfig.model_fields)}") from None
         raise ConfigError(f"setting {where!r}: {err['msg']} (got {err.get('input')!r})") from None
@@ -281,6 +297,15 @@ def _lr_at(step: int, total_steps: int, cfg: TrainConfig, elapsed_s: float = 0.0
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def _epoch_draws(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Training-set indices for one epoch: index k floor(w_k) times, plus once more with probability frac(w_k)."""
+    counts = np.floor(weights).astype(int)
+    fractions = weights - counts
+    if fractions.any():  # whole weights draw no random numbers, so unweighted runs keep their order
+        counts += rng.random(len(weights)) < fractions
+    return np.repeat(np.arange(len(weights)), counts)
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -298,13 +323,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    frames = read_frames(cfg.data)
+    per_path = [read_frames(path) for path in cfg.data]
+    frames = [atoms for path_frames in per_path for atoms in path_frames]
+    frame_weights = np.repeat([cfg.data_weights.get(path, 1.0) for path in cfg.data], [len(f) for f in per_path])
     model = _load_for_finetuning(cfg) if cfg.init_from else BambooPotential(cfg.model)
     samples = [make_sample(a, model.cutoff, model.species) for a in frames]
     parts = _split(frames, cfg)
     train_set = [samples[k] for k in parts[0]]
     valid_set = [samples[k] for k in parts[1]] or train_set[: max(1, len(train_set) // 10)]
     test_set = [samples[k] for k in parts[2]]
+    train_weights = frame_weights[parts[0]]
     data_hash = frames_hash(frames)
     if not cfg.init_from:
         reference, scale = fit_reference_energies(train_set, model.species)
@@ -314,7 +342,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     for p in ema.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world))
+    steps_per_epoch = math.ceil(train_weights.sum() / (cfg.batch_size * world))
     total_steps = steps_per_epoch * cfg.epochs
     state = {"epoch": 0, "step": 0, "best": float("inf"), "bad_epochs": 0, "elapsed": 0.0}
 
@@ -353,7 +381,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
     while state["epoch"] < cfg.epochs:
         model.train()
-        order = rng.permutation(len(train_set))
+        order = rng.permutation(_epoch_draws(train_weights, rng))
         sums: dict[str, float] = {}
         for batch_start in range(0, len(order), cfg.batch_size * world):
             chunk = order[batch_start:batch_start + cfg.batch_size * world][rank::world]

@@ -149,3 +149,34 @@ def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_
                                           "run may change only coulomb_r0, dispersion, "):
         train(load_train_config(None, {**base, "output": str(tmp_path / "run2"), "model": {"num_features": 32}}),
               progress=False)
+
+
+def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
+    from potentials.training import _epoch_draws
+
+    rng = np.random.default_rng(0)
+    draws = [np.bincount(_epoch_draws(np.array([1.0, 3.0, 0.5] * 100), rng), minlength=300) for _ in range(40)]
+    counts = np.array(draws).reshape(40, 100, 3)
+    assert (counts[..., 0] == 1).all() and (counts[..., 1] == 3).all()
+    assert set(np.unique(counts[..., 2])) == {0, 1} and abs(counts[..., 2].mean() - 0.5) < 0.05
+    whole = np.array([1.0, 2.0, 1.0])  # whole weights use no random numbers
+    assert (np.sort(_epoch_draws(whole, rng)) == [0, 1, 1, 2]).all()
+
+    small = labelled_clusters(tmp_path / "small.xyz", n=8)
+    large = labelled_clusters(tmp_path / "large.xyz", n=16, seed=1)
+    base = {"data": [str(small), str(large)], "model": TINY_MODEL, "epochs": 1, "batch_size": 4,
+            "split": [0.75, 0.125, 0.125], "output": str(tmp_path / "run")}
+    train(load_train_config(None, {**base, "data_weights": {str(small): 4.0}}), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    from mlmd.data import split_indices
+
+    train_idx = split_indices(24, (0.75, 0.125, 0.125), seed=0)[0]
+    n_draws = len(train_idx) + 3 * int((train_idx < 8).sum())  # the small file's training frames count four times
+    assert 0 < (train_idx < 8).sum() and log[0]["step"] == -(-n_draws // 4)
+
+
+def test_data_weights_must_name_a_data_path_and_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data_weights names 'b.xyz', which is not in data \(a.xyz\)$"):
+        load_train_config(None, {"data": ["a.xyz"], "data_weights": {"b.xyz": 2.0}})
+    with pytest.raises(ConfigError, match=r"^data_weights\['a.xyz'\] = 0.0; a sampling weight must be a finite "):
+        load_train_config(None, {"data": ["a.xyz"], "data_weights": {"a.xyz": 0.0}})
