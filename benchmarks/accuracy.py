@@ -49,11 +49,19 @@ def main() -> None:
     model = load_potential(args.model)
     report = {"model": args.model, "model_metadata": {k: model.metadata.get(k) for k in ("data_hash", "n_train", "n_valid", "n_test")},
               "mlmd_train_wall_s": model.metadata.get("train_time_s"),
-              "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]])}
+              "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]],
+                                            bias=True)}
+    # The test splits of the model's other training data sets (per-cluster splits, so unseen clusters too).
+    others = [d for d in model.metadata.get("data", []) if Path(ROOT, d).resolve() != Path(args.data).resolve()
+              and Path(ROOT, d).exists()]
+    if others:
+        report["mlmd_test_other_data"] = {
+            d: evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in read_frames(Path(ROOT, d))
+                                        if split_of(a) == "test"], bias=True) for d in others}
     if Path(args.transfer).exists() and any(Path(args.transfer).glob("*.extxyz*")):
         transfer = read_frames(args.transfer)
         samples = [make_sample(a, model.cutoff, model.species) for a in transfer]
-        report["mlmd_transfer"] = evaluate_samples(model, samples)
+        report["mlmd_transfer"] = evaluate_samples(model, samples, bias=True)
         # Per solvent: the frames whose cluster holds that molecule (composition tokens "NAME:COUNT"; ions skipped).
         tokens = [{t.rsplit(":", 1)[0] for t in str(a.info.get("composition", "")).split()} - IONS for a in transfer]
         report["mlmd_transfer_by_solvent"] = {

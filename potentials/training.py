@@ -183,20 +183,24 @@ def compute_losses(model, graph, targets, weights: LossWeights) -> tuple[torch.T
 
 # -- evaluation -----------------------------------------------------------------------------------------------
 def _empty_metrics() -> dict[str, Any]:
-    return {"e_abs": [], "e_sq": [], "f_abs": [], "f_sq": [], "q_abs": [], "s_abs": [], "n_structures": 0, "n_atoms": 0}
+    return {"e_abs": [], "e_signed": [], "e_sq": [], "f_abs": [], "f_sq": [], "q_abs": [], "s_abs": [],
+            "n_structures": 0, "n_atoms": 0}
 
 
-def _finish_metrics(acc: dict[str, Any], with_stress: bool = False) -> dict[str, Any]:
+def _finish_metrics(acc: dict[str, Any], with_stress: bool = False, with_bias: bool = False) -> dict[str, Any]:
     def mean(values):
         return float(np.mean(np.concatenate(values))) if values and sum(len(v) for v in values) else None
 
     e_mae, e_mse = mean(acc["e_abs"]), mean(acc["e_sq"])
     f_mae, f_mse = mean(acc["f_abs"]), mean(acc["f_sq"])
     q_mae = mean(acc["q_abs"])
-    stress = {}
+    extra = {}
+    if with_bias:  # mean signed error (model - reference): the part of the energy MAE that is an offset
+        bias = mean(acc["e_signed"])
+        extra["energy_mean_error_meV_per_atom"] = None if bias is None else 1000 * bias
     if with_stress:
         s_mae = mean(acc["s_abs"])
-        stress = {"stress_mae_GPa": None if s_mae is None else s_mae * units.BAR_PER_EV_PER_A3 / 1e4}
+        extra["stress_mae_GPa"] = None if s_mae is None else s_mae * units.BAR_PER_EV_PER_A3 / 1e4
     return {
         "energy_mae_meV_per_atom": None if e_mae is None else 1000 * e_mae,
         "energy_rmse_meV_per_atom": None if e_mse is None else 1000 * math.sqrt(e_mse),
@@ -205,14 +209,15 @@ def _finish_metrics(acc: dict[str, Any], with_stress: bool = False) -> dict[str,
         "charge_mae_e": q_mae,
         "n_structures": acc["n_structures"],
         "n_atoms": acc["n_atoms"],
-        **stress,
+        **extra,
     }
 
 
 def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dtype=torch.float32,
-                     stress: bool = False) -> dict[str, Any]:
+                     stress: bool = False, bias: bool = False) -> dict[str, Any]:
     """Error metrics over ``samples`` (overall and ``by_config_type``) in meV/atom, meV/Å and e; with ``stress``
-    also ``stress_mae_GPa`` over the samples that carry a reference stress (all six components)."""
+    also ``stress_mae_GPa`` over the samples that carry a reference stress (all six components); with ``bias``
+    also ``energy_mean_error_meV_per_atom`` (signed, model - reference)."""
     groups: dict[str, dict[str, Any]] = {}
     total = _empty_metrics()
     model.eval()
@@ -222,7 +227,8 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
         want_stress = stress and bool(targets[keys.STRESS + "_mask"].any())
         out = model(graph, compute_forces=True, compute_stress=want_stress)
         n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
-        e_err = ((out[keys.ENERGY].detach() - targets[keys.ENERGY]) / n_atoms).abs().numpy()
+        e_signed = ((out[keys.ENERGY].detach() - targets[keys.ENERGY]) / n_atoms).numpy()
+        e_err = np.abs(e_signed)
         f_err = (out[keys.FORCES].detach() - targets[keys.FORCES]).abs().numpy()
         q_err = (out[keys.CHARGES].detach() - targets[keys.CHARGES]).abs().numpy() if keys.CHARGES in out else None
         s_err = (out[keys.STRESS].detach() - targets[keys.STRESS]).abs().numpy() if want_stress else None
@@ -234,6 +240,7 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
                 acc["n_atoms"] += int(ptr[b + 1] - ptr[b])
                 if sample.energy is not None:
                     acc["e_abs"].append(e_err[b:b + 1])
+                    acc["e_signed"].append(e_signed[b:b + 1])
                     acc["e_sq"].append(e_err[b:b + 1] ** 2)
                 if sample.forces is not None:
                     acc["f_abs"].append(f_err[atoms].ravel())
@@ -242,8 +249,8 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
                     acc["q_abs"].append(q_err[atoms])
                 if sample.stress is not None and s_err is not None:
                     acc["s_abs"].append(s_err[b][np.triu_indices(3)])
-    result = _finish_metrics(total, stress)
-    result["by_config_type"] = {name: _finish_metrics(acc, stress) for name, acc in sorted(groups.items())}
+    result = _finish_metrics(total, stress, bias)
+    result["by_config_type"] = {name: _finish_metrics(acc, stress, bias) for name, acc in sorted(groups.items())}
     return result
 
 
@@ -409,7 +416,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         state["epoch"] += 1
         state["elapsed"] = time.time() - start_time
         if rank == 0:
-            valid = evaluate_samples(ema, valid_set, dtype=dtype)
+            valid = evaluate_samples(ema, valid_set, dtype=dtype, bias=True)
             score = valid["energy_mae_meV_per_atom"] * 10 + valid["force_mae_meV_per_A"]
             record = {"epoch": state["epoch"], "step": state["step"], "time_s": round(state["elapsed"], 1),
                       "lr": optimizer.param_groups[0]["lr"],

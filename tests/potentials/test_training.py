@@ -180,3 +180,23 @@ def test_data_weights_must_name_a_data_path_and_be_positive(tmp_path):
         load_train_config(None, {"data": ["a.xyz"], "data_weights": {"b.xyz": 2.0}})
     with pytest.raises(ConfigError, match=r"^data_weights\['a.xyz'\] = 0.0; a sampling weight must be a finite "):
         load_train_config(None, {"data": ["a.xyz"], "data_weights": {"a.xyz": 0.0}})
+
+
+def test_evaluation_reports_the_signed_energy_offset_only_when_asked():
+    from mlmd.data import collate_samples, make_sample
+    from potentials.bamboo import BambooConfig, BambooPotential
+    from potentials.training import evaluate_samples
+    from tests.conftest import water_cluster
+
+    model = BambooPotential(BambooConfig(**TINY_MODEL)).double()
+    labelled = []
+    for k, offset in enumerate((+0.002, -0.004)):  # reference above / below the model, eV/atom
+        atoms = water_cluster(2, seed=k)
+        graph, _ = collate_samples([make_sample(atoms, model.cutoff, model.species)], dtype=torch.float64)
+        own = float(model(graph, compute_forces=True)[keys.ENERGY][0].detach())
+        atoms.info[keys.REF_ENERGY] = own - offset * len(atoms)
+        labelled.append(make_sample(atoms, model.cutoff, model.species))
+    result = evaluate_samples(model, labelled, dtype=torch.float64, bias=True)
+    assert result["energy_mean_error_meV_per_atom"] == pytest.approx(-1.0, abs=1e-6)
+    assert result["energy_mae_meV_per_atom"] == pytest.approx(3.0, abs=1e-6)
+    assert "energy_mean_error_meV_per_atom" not in evaluate_samples(model, labelled, dtype=torch.float64)
