@@ -119,6 +119,12 @@ def test_build_cluster_composition_charge_and_mol_id():
     assert np.allclose(again.positions, atoms.positions)  # deterministic per seed
 
 
+def test_a_lone_long_molecule_fits_its_sphere():
+    triglyme = resolve_species("COCCOCCOCCOC")  # ~14 Å long, wider than the sphere its volume alone would give
+    atoms = build_cluster(ClusterSpec("solvent", [(triglyme, 1)]), seed=11)
+    assert len(atoms) == 30 and set(atoms.arrays[keys.MOL_ID]) == {0}
+
+
 # ----------------------------------------------------------------------------------------------- labelling
 def test_two_frame_run_writes_valid_extxyz(tmp_path):
     cfg = tiny_config(tmp_path)

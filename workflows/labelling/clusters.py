@@ -164,23 +164,9 @@ def _radius(spec: ClusterSpec, density: float, mols: list[Atoms]) -> float:
     return float((3 * volume / (4 * np.pi)) ** (1 / 3))
 
 
-def build_cluster(spec: ClusterSpec, seed: int, density: float = 1.0, tolerance: float = 2.0) -> Atoms:
-    """Pack ``spec`` into a sphere with packmol; returns non-periodic Atoms centred at the origin.
-
-    Per-atom ``mol_id`` numbers the molecules in packing order; ``info['total_charge']`` is the formal charge.
-    A central ion (li_shell, anion_shell) is fixed at the sphere's centre.
-    """
-    rng = np.random.default_rng(seed)
-    templates: list[Atoms] = []
-    counts: list[int] = []
-    for species, n in spec.molecules:
-        templates.append(molecule_atoms(species, rng))
-        counts.append(n)
-    all_mols = [t for t, n in zip(templates, counts) for _ in range(n)]
-    radius = _radius(spec, density, all_mols) + 1.0
-    ions = [t for t, (s, n) in zip(templates, spec.molecules) for _ in range(n) if s.charge != 0]
-    # contact ion pair / aggregate: ion centres within a sphere sized by the ionic volume (+ ion radius)
-    core = max(2.6, _radius(spec, 2.2, ions) + 0.6)
+def _pack(spec: ClusterSpec, templates: list[Atoms], counts: list[int], radius: float, core: float, seed: int,
+          tolerance: float) -> tuple[Atoms | None, str]:
+    """One packmol run: the packed Atoms (None if packmol found no packing) and packmol's output."""
     exe = packmol_binary()
     with tempfile.TemporaryDirectory(prefix="mlmd-packmol-") as tmp:
         lines = [f"tolerance {tolerance}", "filetype xyz", "output packed.xyz", f"seed {seed % 2**31 + 1}",
@@ -199,14 +185,37 @@ def build_cluster(spec: ClusterSpec, seed: int, density: float = 1.0, tolerance:
         Path(tmp, "pack.inp").write_text("\n".join(lines))
         with open(os.path.join(tmp, "pack.inp")) as fin:
             proc = subprocess.run([exe], stdin=fin, cwd=tmp, capture_output=True, text=True, timeout=120)
-        out = Path(tmp, "packed.xyz")
-        if not out.exists():
-            forced = Path(tmp, "packed.xyz_FORCED")
-            if forced.exists():
-                out = forced
-            else:
-                raise InputError(f"packmol failed for cluster '{spec.composition}': {proc.stdout[-300:]!r}")
-        atoms = read(out, format="xyz")
+        for name in ("packed.xyz", "packed.xyz_FORCED"):
+            if Path(tmp, name).exists():
+                return read(Path(tmp, name), format="xyz"), proc.stdout
+    return None, proc.stdout
+
+
+def build_cluster(spec: ClusterSpec, seed: int, density: float = 1.0, tolerance: float = 2.0) -> Atoms:
+    """Pack ``spec`` into a sphere with packmol; returns non-periodic Atoms centred at the origin.
+
+    Per-atom ``mol_id`` numbers the molecules in packing order; ``info['total_charge']`` is the formal charge.
+    A central ion (li_shell, anion_shell) is fixed at the sphere's centre.
+    """
+    rng = np.random.default_rng(seed)
+    templates: list[Atoms] = []
+    counts: list[int] = []
+    for species, n in spec.molecules:
+        templates.append(molecule_atoms(species, rng))
+        counts.append(n)
+    all_mols = [t for t, n in zip(templates, counts) for _ in range(n)]
+    radius = _radius(spec, density, all_mols) + 1.0
+    ions = [t for t, (s, n) in zip(templates, spec.molecules) for _ in range(n) if s.charge != 0]
+    # contact ion pair / aggregate: ion centres within a sphere sized by the ionic volume (+ ion radius)
+    core = max(2.6, _radius(spec, 2.2, ions) + 0.6)
+    atoms, log = _pack(spec, templates, counts, radius, core, seed, tolerance)
+    longest = max(float(np.linalg.norm(t.positions - t.positions.mean(axis=0), axis=1).max()) for t in templates)
+    if atoms is None and longest + 0.5 > radius:
+        # A long chain (a lone glyme) can outgrow the sphere its volume gives. Widen only then, so that every
+        # cluster that packs keeps the sphere it always had (and labelled data sets regenerate identically).
+        atoms, log = _pack(spec, templates, counts, longest + 0.5, core, seed, tolerance)
+    if atoms is None:
+        raise InputError(f"packmol failed for cluster '{spec.composition}': {log[-300:]!r}")
     mol_id = np.concatenate([np.full(len(m), i, dtype=int) for i, m in enumerate(all_mols)])
     expected = np.concatenate([m.numbers for m in all_mols])
     if len(atoms) != len(expected) or not np.array_equal(atoms.numbers, expected):
