@@ -72,7 +72,6 @@ class TrainConfig(BaseModel):
     dtype: str = "float32"
     num_threads: int | None = None
 
-
     @model_validator(mode="after")
     def _check_data_weights(self) -> "TrainConfig":
         for path, weight in self.data_weights.items():
