@@ -50,6 +50,6 @@ def test_aligned_electrolyte_model_lowers_the_pressure_of_liquid_dmc_at_its_expe
         pressure[name] = float(molecular_pressures_bar(model, liquid)[0])
     alignment = model.metadata["alignment"]
     assert alignment["target"] == "density" and alignment["check_density_mae_g_cm3"] < 0.1
-    # the base model (stage 3) reads this DMC frame at 1.063 g/cm³ at +2.4 kbar; the aligned model is more cohesive (+0.8 kbar)
+    # stage 3 reads this DMC frame at 1.063 g/cm³ at +2.4 kbar; the aligned model is more cohesive (+0.8 kbar)
     shift = pressure["bamboo-electrolyte-aligned"] - pressure[base]
     assert -3000.0 < shift < -800.0
