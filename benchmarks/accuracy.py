@@ -36,6 +36,7 @@ def main() -> None:
 
     from mlmd.checkpoint import load_potential
     from mlmd.data import make_sample, read_frames
+    from potentials.bundle import data_test_metrics
     from potentials.training import evaluate_samples, split_of
 
     torch.set_num_threads(args.threads)
@@ -55,9 +56,7 @@ def main() -> None:
     others = [d for d in model.metadata.get("data", []) if Path(ROOT, d).resolve() != Path(args.data).resolve()
               and Path(ROOT, d).exists()]
     if others:
-        report["mlmd_test_other_data"] = {
-            d: evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in read_frames(Path(ROOT, d))
-                                        if split_of(a) == "test"], bias=True) for d in others}
+        report["mlmd_test_other_data"] = {d: data_test_metrics(model, Path(ROOT, d), bias=True) for d in others}
     if Path(args.transfer).exists() and any(Path(args.transfer).glob("*.extxyz*")):
         transfer = read_frames(args.transfer)
         samples = [make_sample(a, model.cutoff, model.species) for a in transfer]

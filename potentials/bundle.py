@@ -64,7 +64,7 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
 
 def test_metrics(model, frames, data: list[str]) -> dict:
     """Errors on the test split of ``frames`` and, with several data sets, on each one's own test split."""
-    from mlmd.data import make_sample, read_frames
+    from mlmd.data import make_sample
     from potentials.training import evaluate_samples, split_of
 
     metrics = {}
@@ -72,12 +72,18 @@ def test_metrics(model, frames, data: list[str]) -> dict:
     if test:  # periodic data also get the stress error
         metrics["test"] = evaluate_samples(model, test, stress=any(s.stress is not None for s in test))
     if len(data) > 1:  # each data set's own test split, comparable across models trained on fewer sets
-        metrics["test_by_data"] = {}
-        for entry in data:
-            own = [make_sample(a, model.cutoff, model.species) for a in read_frames(entry) if split_of(a) == "test"]
-            if own:
-                metrics["test_by_data"][str(entry)] = evaluate_samples(model, own)
+        by_data = {str(entry): data_test_metrics(model, entry) for entry in data}
+        metrics["test_by_data"] = {entry: m for entry, m in by_data.items() if m is not None}
     return metrics
+
+
+def data_test_metrics(model, data: str | Path, bias: bool = False) -> dict | None:
+    """Errors on one data set's own (per-cluster) test split; None when it has none. ``bias``: see evaluate_samples."""
+    from mlmd.data import make_sample, read_frames
+    from potentials.training import evaluate_samples, split_of
+
+    own = [make_sample(a, model.cutoff, model.species) for a in read_frames(data) if split_of(a) == "test"]
+    return evaluate_samples(model, own, bias=bias) if own else None
 
 
 def transfer_metrics(model, transfer: str | Path) -> dict:

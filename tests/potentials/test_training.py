@@ -152,6 +152,7 @@ def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_
 
 
 def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
+    from mlmd.data import split_indices
     from potentials.training import _epoch_draws
 
     rng = np.random.default_rng(0)
@@ -168,8 +169,6 @@ def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
             "split": [0.75, 0.125, 0.125], "output": str(tmp_path / "run")}
     train(load_train_config(None, {**base, "data_weights": {str(small): 4.0}}), progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    from mlmd.data import split_indices
-
     train_idx = split_indices(24, (0.75, 0.125, 0.125), seed=0)[0]
     n_draws = len(train_idx) + 3 * int((train_idx < 8).sum())  # the small file's training frames count four times
     assert 0 < (train_idx < 8).sum() and log[0]["step"] == -(-n_draws // 4)
