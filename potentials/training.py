@@ -312,6 +312,17 @@ def _epoch_draws(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(np.arange(len(weights)), counts)
 
 
+def _rank_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's share of each global batch of ``batch_size * world`` draws from ``order``.
+
+    The last ``len(order) % world`` draws are dropped, so every rank has a share of every batch: a rank without one
+    would skip the gradient all-reduce and leave the others waiting in it for ever.
+    """
+    usable = len(order) - len(order) % world
+    step = batch_size * world
+    return [order[start:min(start + step, usable)][rank::world] for start in range(0, usable, step)]
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -389,10 +400,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         model.train()
         order = rng.permutation(_epoch_draws(train_weights, rng))
         sums: dict[str, float] = {}
-        for batch_start in range(0, len(order), cfg.batch_size * world):
-            chunk = order[batch_start:batch_start + cfg.batch_size * world][rank::world]
-            if len(chunk) == 0:
-                continue
+        for chunk in _rank_batches(order, cfg.batch_size, rank, world):
             graph, targets = collate_samples([train_set[k] for k in chunk], dtype=dtype)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(state["step"], total_steps, cfg, state["elapsed"])

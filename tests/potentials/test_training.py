@@ -174,6 +174,19 @@ def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
     assert 0 < (train_idx < 8).sum() and log[0]["step"] == -(-n_draws // 4)
 
 
+def test_every_process_gets_a_share_of_every_batch():
+    from potentials.training import _rank_batches
+
+    for n in range(0, 30):
+        order = np.random.default_rng(n).permutation(n)
+        for world in (1, 2, 3):
+            shares = [_rank_batches(order, 4, rank, world) for rank in range(world)]
+            assert len({len(s) for s in shares}) == 1  # the same number of steps on every process
+            assert all(len(chunk) > 0 for s in shares for chunk in s)
+            drawn = [k for s in shares for chunk in s for k in chunk]
+            assert sorted(drawn) == sorted(order[: n - n % world])  # each draw once; fewer than `world` dropped
+
+
 def test_data_weights_must_name_a_data_path_and_be_positive(tmp_path):
     with pytest.raises(ConfigError, match=r"^data_weights names 'b.xyz', which is not in data \(a.xyz\)$"):
         load_train_config(None, {"data": ["a.xyz"], "data_weights": {"b.xyz": 2.0}})
