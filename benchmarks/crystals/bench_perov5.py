@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
             train_refs, _ = model_test_split(gen, split="train")
             oracle = generation_metrics([r.to_structure() for r in train_refs[: args.n_gen]], [r.to_structure() for r in refs],
                                         n_cov=args.n_cov)
-            keep = ("n", "struct_validity", "comp_validity", "cov_recall", "cov_precision", "amsd_recall", "amcd_recall")
+            keep = ("n", "struct_validity", "comp_validity", "cov_recall", "cov_precision", "cov_recall_joint", "cov_precision_joint",
+                    "amsd_recall", "amcd_recall")
             result["gen"]["oracle_train_crystals"] = {k: oracle[k] for k in keep if k in oracle}
         # time to sample 1,000 crystals (structures built, no metrics)
         t0 = time.perf_counter()

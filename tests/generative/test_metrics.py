@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from generative.metrics import broad_composition_scaler, coverage, csp_metrics, fingerprints, generation_metrics, smact_validity, structure_validity, wasserstein_metrics
+from generative.metrics import Fingerprints, broad_composition_scaler, coverage, csp_metrics, fingerprints, generation_metrics, smact_validity, structure_validity, wasserstein_metrics
 
 
 def nacl():
@@ -66,6 +66,20 @@ def test_composition_distance_does_not_depend_on_the_reference_set():
     # the mean of the per-reference distances: SrTiO3's distance to BaTiO3 is the same in both reference sets
     assert 3 * mixed["amcd_recall"] == pytest.approx(alone["amcd_recall"] + 2 * nacl_only["amcd_recall"])
     assert alone["cov_recall"] == 1.0 and mixed["cov_recall"] == pytest.approx(1 / 3)
+
+
+def test_coverage_takes_the_nearest_structure_and_composition_separately():
+    """The protocol's COV-R asks for a structure match and a composition match, not one crystal with both."""
+    mu, sd = broad_composition_scaler()
+    far_comp = mu + 10 * sd * np.eye(132)[0]  # 10 scaler units away in one feature: beyond the 4.0 cutoff
+    struct_a, struct_b = np.zeros(61), np.eye(61)[0]  # 1.0 apart: beyond the 0.2 cutoff
+    gen = Fingerprints(struct=np.stack([struct_a, struct_b]), comp=np.stack([mu, far_comp]))
+    ref = Fingerprints(struct=struct_a[None], comp=far_comp[None])  # structure of the first, composition of the second
+    cov = coverage(gen, ref, 0.2, 4.0)
+    assert cov["cov_recall"] == 1.0 and cov["cov_recall_joint"] == 0.0
+    # precision: the first has the reference's structure, the second its composition; neither has both
+    assert cov["cov_precision"] == 0.0 and cov["cov_precision_joint"] == 0.0
+    assert coverage(ref, ref, 0.2, 4.0)["cov_precision"] == 1.0
 
 
 def test_broad_composition_scaler_is_deterministic_and_broad():
