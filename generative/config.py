@@ -54,6 +54,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     threads: int = Field(1, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    init_from: str | None = Field(None, description="generator checkpoint (name or path) whose weights start a new run; "
+                                  "its model settings and species must equal this run's")
 
 
 class GeneratorConfig(BaseModel):

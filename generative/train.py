@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlmd.errors import ConfigError
 from mlmd.io import atomic_path
 
 from .checkpoint import save_generator
@@ -50,6 +51,19 @@ def evaluate_loss(model: CrystalGenerator, records: list[CrystalRecord], batch_s
     return tot / max(cnt, 1)
 
 
+def _init_weights(model: CrystalGenerator, ema: CrystalGenerator, cfg: GeneratorConfig) -> dict:
+    """Copy the weights of ``cfg.train.init_from`` into ``model`` and ``ema``; return the parent's training record."""
+    from generative.checkpoint import load_generator
+
+    parent = load_generator(cfg.train.init_from, task=cfg.model.task, method=cfg.model.method)
+    if parent.config != cfg.model or parent.species != model.species:
+        raise ConfigError(f"train.init_from={cfg.train.init_from!r} has other model settings or species than this config; "
+                          "use a checkpoint trained with the same model section and data")
+    model.load_state_dict(parent.state_dict())
+    ema.load_state_dict(parent.state_dict())
+    return dict(parent.metadata.get("train") or {})
+
+
 def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     """Train per ``cfg``; return a summary dict. ``records`` (dict of splits) overrides reading ``cfg.data.path``."""
     torch.set_num_threads(cfg.train.threads)
@@ -74,7 +88,10 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     gen = torch.Generator().manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     step, elapsed, history = 0, 0.0, []
+    parent_train = None
     last = out / "last.pt"
+    if cfg.train.init_from and not last.is_file():
+        parent_train = _init_weights(model, ema, cfg)
     if last.is_file():
         st = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
@@ -84,6 +101,7 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
         gen.set_state(st["gen"])
         rng = np.random.default_rng([cfg.train.seed, step])
         history = json.loads(st["history"])
+        parent_train = json.loads(st.get("parent_train", "null"))
         log(f"resumed from {last} at step {step} ({elapsed / 60:.1f} min)")
     meta = {
         "split_seed": cfg.data.split_seed,
@@ -102,7 +120,8 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
         with atomic_path(last) as tmp:
             torch.save(
                 {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "elapsed": time.process_time() - t0, "gen": gen.get_state(), "history": json.dumps(history)},
+                 "elapsed": time.process_time() - t0, "gen": gen.get_state(), "history": json.dumps(history),
+                 "parent_train": json.dumps(parent_train)},
                 tmp,
             )
 
@@ -136,6 +155,11 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     final_val = evaluate_loss(ema, val[:512])
     meta["train"] = {"steps": step, "cpu_minutes": round(elapsed / 60, 2), "threads": cfg.train.threads, "batch_size": cfg.train.batch_size,
                      "lr": cfg.train.lr, "final_val_loss": final_val}
+    if cfg.train.init_from:
+        meta["train"]["init_from"] = cfg.train.init_from
+        if parent_train:
+            meta["train"]["parent_train"] = parent_train
+            meta["train"]["total_cpu_minutes"] = round(parent_train.get("cpu_minutes", 0.0) + elapsed / 60, 2)
     meta["metrics"] = {}
     ema.metadata = meta
     save_generator(ema, out / "model.pt", meta)

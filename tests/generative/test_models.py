@@ -72,6 +72,33 @@ def test_train_generator_resumable_and_checkpoint_metadata(tmp_path, tiny_csv):
     assert side["metadata"]["species"] == meta["species"]
 
 
+def test_train_generator_init_from_starts_at_the_parent_weights(tmp_path, tiny_csv):
+    cfg = GeneratorConfig(model=ModelConfig(**SMALL), train=TrainConfig(batch_size=4, max_steps=4, eval_every=2, max_minutes=5),
+                          out=str(tmp_path / "parent"))
+    cfg.data.path = str(tiny_csv)
+    cfg.data.split_fractions = (0.5, 0.25, 0.25)
+    train_generator(cfg, log=lambda *_: None)
+    parent = load_generator(tmp_path / "parent" / "model.pt")
+    child_cfg = cfg.model_copy(deep=True)
+    child_cfg.out = str(tmp_path / "child")
+    child_cfg.train.init_from = str(tmp_path / "parent" / "model.pt")
+    child_cfg.train.lr = 1e-12  # the weights stay where init_from put them
+    child_cfg.train.max_steps = 2
+    train_generator(child_cfg, log=lambda *_: None)
+    child = load_generator(tmp_path / "child" / "model.pt")
+    for (name, a), b in zip(parent.state_dict().items(), child.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    train = child.metadata["train"]
+    assert train["init_from"] == child_cfg.train.init_from and train["parent_train"]["steps"] == 4
+    assert train["total_cpu_minutes"] >= train["cpu_minutes"]
+    # a checkpoint of another network size cannot start this run
+    other = child_cfg.model_copy(deep=True)
+    other.model.hidden = 16
+    other.out = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="other model settings or species"):
+        train_generator(other, log=lambda *_: None)
+
+
 def test_sample_crystals_api_and_roundtrip(tmp_path, tiny_records):
     model = _model(tiny_records)
     path = save_generator(model, tmp_path / "m.pt")
