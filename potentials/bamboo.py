@@ -7,7 +7,7 @@ Per atom: F scalar channels s (N, F) and F vector channels V (N, 3, F).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,12 +41,24 @@ class BambooConfig(BaseModel):
     dispersion: bool = True
     dispersion_cutoff: float = 10.0
     max_charge: float = 2.0
+    # How the gap between the total charge and the sum of the raw predicted charges is spread over a structure's atoms:
+    # "uniform" (equal shares; the models up to stage 6 use it) or "learned" (shares in proportion to a positive weight
+    # each atom's features predict, so an ion's excess charge can stay on the ion whatever the cluster's size).
+    excess_charge: Literal["uniform", "learned"] = "uniform"
     # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
     # candidates). Off by default; the electrolyte model was trained without it.
     repulsion: bool = False
     # Per-element reference energies (eV) and the scale of the NN atomic energy; set from data before training.
     reference_energies: dict[int, float] = Field(default_factory=dict)
     energy_scale: float = 1.0
+
+
+def _uniform_share_head(num_features: int) -> nn.Module:
+    """Features (N, F) -> (N, 1) logits of the per-atom share of the excess charge; starts at equal shares."""
+    head = nn.Sequential(nn.LayerNorm(num_features), nn.Linear(num_features, 1))
+    nn.init.zeros_(head[1].weight)
+    nn.init.constant_(head[1].bias, math.log(math.e - 1.0))  # softplus = 1
+    return head
 
 
 class ExpNormalRBF(nn.Module):
@@ -177,6 +189,7 @@ class BambooPotential(Potential):
         self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads) for _ in range(cfg.num_layers))
         self.energy_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
         self.charge_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
+        self.excess_head = _uniform_share_head(f) if cfg.excess_charge == "learned" else None
         n_species = len(cfg.species)
         self.chi = nn.Parameter(torch.zeros(n_species))
         self.eta_raw = nn.Parameter(torch.zeros(n_species))
@@ -244,8 +257,13 @@ class BambooPotential(Potential):
 
         raw = self.config["max_charge"] * torch.tanh(self.charge_head(s)[:, 0] / self.config["max_charge"])
         counts = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
-        excess = (graph.total_charge.to(dtype) - torch.zeros_like(counts).index_add(0, graph.batch, raw)) / counts
-        charges = raw + excess[graph.batch]
+        missing = graph.total_charge.to(dtype) - torch.zeros_like(counts).index_add(0, graph.batch, raw)
+        if self.excess_head is None:
+            charges = raw + (missing / counts)[graph.batch]
+        else:
+            share = nn.functional.softplus(self.excess_head(s)[:, 0])
+            total_share = torch.zeros_like(counts).index_add(0, graph.batch, share)
+            charges = raw + share * (missing / total_share)[graph.batch]
         eta = nn.functional.softplus(self.eta_raw)
         electrostatic = self.chi[species] * charges + eta[species] * charges**2
         if self.coulomb is not None:

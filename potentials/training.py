@@ -270,8 +270,9 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 
 # -- training loop --------------------------------------------------------------------------------------------
 # Settings a fine-tuning run may change on a loaded model: parameter-free physics terms, not the architecture.
+# "excess_charge" may go from "uniform" to "learned": the new share head starts at equal shares, i.e. the same model.
 FINETUNE_MODEL_OVERRIDES = {"repulsion", "dispersion", "dispersion_cutoff", "coulomb_r0", "pme_smearing",
-                            "pme_mesh_spacing"}
+                            "pme_mesh_spacing", "excess_charge"}
 
 
 def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
@@ -288,7 +289,10 @@ def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
         raise ConfigError(f"model.{refused[0]} cannot change when fine-tuning from {cfg.init_from}; "
                           f"a fine-tuning run may change only {', '.join(sorted(FINETUNE_MODEL_OVERRIDES))}")
     tuned = BambooPotential({**model.config, **{name: overrides[name] for name in changed}})
-    tuned.load_state_dict(model.state_dict())
+    missing, unexpected = tuned.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("excess_head.") for key in missing):
+        raise ConfigError(f"model.excess_charge cannot go from {model.config.get('excess_charge', 'uniform')!r} to "
+                          f"{tuned.config['excess_charge']!r} when fine-tuning from {cfg.init_from}; only 'uniform' -> 'learned' can")
     tuned.metadata = model.metadata
     return tuned.train()
 

@@ -25,6 +25,44 @@ class TestBambooWithoutPhysics(PotentialTests):
         return BambooPotential({**SMALL, "coulomb": False, "dispersion": False})
 
 
+def _with_random_share_head(model):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.excess_head.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
+class TestBambooLearnedExcessCharge(PotentialTests):
+    periodic_energy_atol = 1e-4  # PME mesh discretisation
+    periodic_force_atol = 1e-3
+
+    def make_model(self):
+        return _with_random_share_head(BambooPotential({**SMALL, "excess_charge": "learned"}))
+
+
+def test_learned_excess_charge_starts_uniform_and_goes_where_the_shares_say():
+    atoms = water_cluster(3)
+    atoms.info[keys.TOTAL_CHARGE] = -1
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    uniform = BambooPotential(SMALL).double().eval()
+    learned = BambooPotential({**SMALL, "excess_charge": "learned"}).double().eval()
+    missing, unexpected = learned.load_state_dict(uniform.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("excess_head.") for key in missing)
+    a, b = uniform(graph), learned(graph)
+    assert torch.allclose(a[keys.CHARGES], b[keys.CHARGES]) and torch.allclose(a[keys.ENERGY], b[keys.ENERGY])
+
+    _with_random_share_head(learned)
+    q = learned(graph)[keys.CHARGES].detach()
+    assert q.sum().item() == pytest.approx(-1.0)
+    with torch.no_grad():
+        s, _ = learned.features(graph, *learned.edges(graph, graph.positions, graph.cell))
+        share = torch.nn.functional.softplus(learned.excess_head(s)[:, 0])
+        raw = learned.config["max_charge"] * torch.tanh(learned.charge_head(s)[:, 0] / learned.config["max_charge"])
+    assert torch.allclose(q - raw, share / share.sum() * (-1.0 - raw.sum()))
+    assert not torch.allclose(q - raw, (q - raw).mean().expand_as(q))  # not equal shares
+
+
 def test_charges_follow_total_charge_and_dipole_is_sum_q_r():
     model = BambooPotential(SMALL).double().eval()
     atoms = water_cluster(2)

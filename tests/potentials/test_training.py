@@ -149,6 +149,15 @@ def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_
                                           "run may change only coulomb_r0, dispersion, "):
         train(load_train_config(None, {**base, "output": str(tmp_path / "run2"), "model": {"num_features": 32}}),
               progress=False)
+    # a learned excess-charge share may be added (it starts at equal shares), not taken away
+    train(load_train_config(None, {**base, "output": str(tmp_path / "run3"), "model": {"excess_charge": "learned"}}),
+          progress=False)
+    learned = load_potential(tmp_path / "run3" / "best.pt")
+    assert learned.config["excess_charge"] == "learned" and learned.excess_head is not None
+    with pytest.raises(ConfigError, match="model.excess_charge cannot go from 'learned' to 'uniform'"):
+        train(load_train_config(None, {**base, "init_from": str(tmp_path / "run3" / "best.pt"),
+                                       "output": str(tmp_path / "run4"), "model": {"excess_charge": "uniform"}}),
+              progress=False)
 
 
 def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
