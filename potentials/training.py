@@ -297,13 +297,18 @@ def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
     return tuned.train()
 
 
-def _lr_at(step: int, total_steps: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr`` by the last step or by ``max_time_min``, whichever comes first."""
+def _lr_at(step: int, total_steps: int, cfg: TrainConfig, steps_per_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr`` by the last step or by ``max_time_min``, whichever comes first.
+
+    ``steps_per_s`` is the measured rate (0 until an epoch has ended); with it the time budget becomes a step count,
+    so the rate decays every step and every data-parallel rank computes the same value.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    if cfg.max_time_min:
-        progress = max(progress, min(1.0, elapsed_s / (60 * cfg.max_time_min)))
+    if cfg.max_time_min and steps_per_s > 0:
+        budget_steps = steps_per_s * 60 * cfg.max_time_min
+        progress = max(progress, min(1.0, (step - cfg.warmup_steps) / max(1.0, budget_steps - cfg.warmup_steps)))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -399,6 +404,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         bar.start()
         task = bar.add_task("train", total=total_steps, completed=state["step"], epoch=state["epoch"], info="")
     start_time = time.time() - state["elapsed"]
+    # measured training rate; the same on every rank (the step count is, and rank 0's elapsed time is broadcast)
+    steps_per_s = state["step"] / state["elapsed"] if state["elapsed"] > 0 else 0.0
     rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
     while state["epoch"] < cfg.epochs:
         model.train()
@@ -407,7 +414,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         for chunk in _rank_batches(order, cfg.batch_size, rank, world):
             graph, targets = collate_samples([train_set[k] for k in chunk], dtype=dtype)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(state["step"], total_steps, cfg, state["elapsed"])
+                group["lr"] = _lr_at(state["step"], total_steps, cfg, steps_per_s)
             loss, parts = compute_losses(model, graph, targets, cfg.weights)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
@@ -451,6 +458,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if dist is not None:
             dist.broadcast(decision, 0)
         state["elapsed"] = float(decision[1])
+        steps_per_s = state["step"] / state["elapsed"]
         if bool(decision[0]):
             break
     if bar is not None:

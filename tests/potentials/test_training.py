@@ -221,3 +221,18 @@ def test_evaluation_reports_the_signed_energy_offset_only_when_asked():
     assert result["energy_mean_error_meV_per_atom"] == pytest.approx(-1.0, abs=1e-6)
     assert result["energy_mae_meV_per_atom"] == pytest.approx(3.0, abs=1e-6)
     assert "energy_mean_error_meV_per_atom" not in evaluate_samples(model, labelled, dtype=torch.float64)
+
+
+def test_time_budget_schedule_decays_every_step_to_min_lr_at_the_budget():
+    from potentials.training import _lr_at
+
+    cfg = load_train_config(None, {"data": ["x.xyz"], "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 10, "epochs": 1000,
+                                   "max_time_min": 10})
+    total = 10**6  # the epoch count alone would hardly decay
+    assert _lr_at(0, total, cfg) == pytest.approx(1e-4)  # warm-up
+    assert _lr_at(500, total, cfg) == pytest.approx(1e-3, rel=1e-3)  # no rate measured yet: epochs decide
+    rate = 2.0  # steps per second: the 10-minute budget is 1,200 steps
+    lrs = [_lr_at(step, total, cfg, rate) for step in range(10, 1300, 10)]
+    assert all(a > b for a, b in zip(lrs[:119], lrs[1:120])) and lrs[0] == pytest.approx(1e-3)  # steps 10..1200
+    assert _lr_at(605, total, cfg, rate) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5), rel=1e-6)  # half-way
+    assert _lr_at(1200, total, cfg, rate) == pytest.approx(1e-5) and _lr_at(1290, total, cfg, rate) == pytest.approx(1e-5)
