@@ -41,9 +41,10 @@ class BambooConfig(BaseModel):
     dispersion: bool = True
     dispersion_cutoff: float = 10.0
     max_charge: float = 2.0
-    # How the gap between the total charge and the sum of the raw predicted charges is spread over a structure's atoms:
-    # "uniform" (equal shares; the models up to stage 6 use it) or "learned" (shares in proportion to a positive weight
-    # each atom's features predict, so an ion's excess charge can stay on the ion whatever the cluster's size).
+    # How the raw predicted charges are made to sum to the total charge Q. "uniform" (all models up to stage 6):
+    # every atom gets an equal share of Q - sum(raw). "learned": equal shares remove sum(raw), then Q itself is shared in
+    # proportion to a positive weight each atom's features predict, so a charged cluster's net charge can sit on its
+    # ions whatever the cluster's size. The two agree while the learned weights are equal (the share head's start).
     excess_charge: Literal["uniform", "learned"] = "uniform"
     # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
     # candidates). Off by default; the electrolyte model was trained without it.
@@ -54,7 +55,7 @@ class BambooConfig(BaseModel):
 
 
 def _uniform_share_head(num_features: int) -> nn.Module:
-    """Features (N, F) -> (N, 1) logits of the per-atom share of the excess charge; starts at equal shares."""
+    """Features (N, F) -> (N, 1) logits of each atom's share of the total charge; starts at equal shares."""
     head = nn.Sequential(nn.LayerNorm(num_features), nn.Linear(num_features, 1))
     nn.init.zeros_(head[1].weight)
     nn.init.constant_(head[1].bias, math.log(math.e - 1.0))  # softplus = 1
@@ -257,13 +258,15 @@ class BambooPotential(Potential):
 
         raw = self.config["max_charge"] * torch.tanh(self.charge_head(s)[:, 0] / self.config["max_charge"])
         counts = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
-        missing = graph.total_charge.to(dtype) - torch.zeros_like(counts).index_add(0, graph.batch, raw)
+        total_charge = graph.total_charge.to(dtype)
+        raw_sum = torch.zeros_like(counts).index_add(0, graph.batch, raw)
         if self.excess_head is None:
-            charges = raw + (missing / counts)[graph.batch]
+            charges = raw + ((total_charge - raw_sum) / counts)[graph.batch]
         else:
+            # raw charges carry an arbitrary per-structure offset (only their differences matter), so only Q is shared
             share = nn.functional.softplus(self.excess_head(s)[:, 0])
             total_share = torch.zeros_like(counts).index_add(0, graph.batch, share)
-            charges = raw + share * (missing / total_share)[graph.batch]
+            charges = raw - (raw_sum / counts)[graph.batch] + share * (total_charge / total_share)[graph.batch]
         eta = nn.functional.softplus(self.eta_raw)
         electrostatic = self.chi[species] * charges + eta[species] * charges**2
         if self.coulomb is not None:

@@ -41,7 +41,7 @@ class TestBambooLearnedExcessCharge(PotentialTests):
         return _with_random_share_head(BambooPotential({**SMALL, "excess_charge": "learned"}))
 
 
-def test_learned_excess_charge_starts_uniform_and_goes_where_the_shares_say():
+def test_learned_charge_shares_start_uniform_and_place_the_total_charge():
     atoms = water_cluster(3)
     atoms.info[keys.TOTAL_CHARGE] = -1
     graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
@@ -59,7 +59,7 @@ def test_learned_excess_charge_starts_uniform_and_goes_where_the_shares_say():
         s, _ = learned.features(graph, *learned.edges(graph, graph.positions, graph.cell))
         share = torch.nn.functional.softplus(learned.excess_head(s)[:, 0])
         raw = learned.config["max_charge"] * torch.tanh(learned.charge_head(s)[:, 0] / learned.config["max_charge"])
-    assert torch.allclose(q - raw, share / share.sum() * (-1.0 - raw.sum()))
+    assert torch.allclose(q, raw - raw.mean() + share / share.sum() * -1.0)
     assert not torch.allclose(q - raw, (q - raw).mean().expand_as(q))  # not equal shares
 
 
