@@ -200,6 +200,10 @@ def broad_composition_scaler(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, 
     return np.nanmean(features, axis=0), np.where(sd > 1e-12, sd, 1.0)
 
 
+#: what ``coverage`` reports when either side has no usable fingerprint
+_NO_COVERAGE = {"cov_recall": 0.0, "cov_precision": 0.0, "cov_recall_joint": 0.0, "cov_precision_joint": 0.0}
+
+
 def coverage(gen_fp: Fingerprints, ref_fp: Fingerprints, struct_cutoff: float, comp_cutoff: float) -> dict:
     """COV-R / COV-P as the community protocol defines them, plus the stricter joint variants.
 
@@ -221,7 +225,7 @@ def coverage(gen_fp: Fingerprints, ref_fp: Fingerprints, struct_cutoff: float, c
     gok = np.all(np.isfinite(gs), 1) & np.all(np.isfinite(gc), 1)
     rok = np.all(np.isfinite(rs), 1) & np.all(np.isfinite(rc), 1)
     if not gok.any() or not rok.any():
-        return {"cov_recall": 0.0, "cov_precision": 0.0, "cov_recall_joint": 0.0, "cov_precision_joint": 0.0}
+        return dict(_NO_COVERAGE)
     ds = cdist(rs[rok], gs[gok])  # [n_ref, n_gen]
     dc = cdist(rc[rok], gc[gok])
     s_ok, c_ok = ds <= struct_cutoff, dc <= comp_cutoff
@@ -286,7 +290,7 @@ def generation_metrics(gen: list, ref: list, dataset: str = "perov_5", n_cov: in
         for key in ("cov_precision", "cov_precision_joint"):
             cov[key] = cov[key] * len(g_cov) / max(n_gen_cov, 1)
     else:
-        cov = {"cov_recall": 0.0, "cov_precision": 0.0, "cov_recall_joint": 0.0, "cov_precision_joint": 0.0}
+        cov = dict(_NO_COVERAGE)
     out.update(cov)
     out["cov_cutoffs"] = list(cutoffs)
     return out

@@ -19,7 +19,7 @@ import torch
 from mlmd.errors import ConfigError
 from mlmd.io import atomic_path
 
-from .checkpoint import save_generator
+from .checkpoint import load_generator, save_generator
 from .config import GeneratorConfig
 from .data import CrystalRecord, collate, load_split
 from .models import CrystalGenerator, build_model
@@ -53,8 +53,6 @@ def evaluate_loss(model: CrystalGenerator, records: list[CrystalRecord], batch_s
 
 def _init_weights(model: CrystalGenerator, ema: CrystalGenerator, cfg: GeneratorConfig) -> dict:
     """Copy the weights of ``cfg.train.init_from`` into ``model`` and ``ema``; return the parent's training record."""
-    from generative.checkpoint import load_generator
-
     parent = load_generator(cfg.train.init_from, task=cfg.model.task, method=cfg.model.method)
     if parent.config != cfg.model or parent.species != model.species:
         raise ConfigError(f"train.init_from={cfg.train.init_from!r} has other model settings or species than this config; "

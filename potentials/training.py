@@ -404,11 +404,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         bar.start()
         task = bar.add_task("train", total=total_steps, completed=state["step"], epoch=state["epoch"], info="")
     start_time = time.time() - state["elapsed"]
-    # measured training rate; the same on every rank (the step count is, and rank 0's elapsed time is broadcast)
-    steps_per_s = state["step"] / state["elapsed"] if state["elapsed"] > 0 else 0.0
     rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
     while state["epoch"] < cfg.epochs:
         model.train()
+        # measured training rate; the same on every rank (the step count is, and rank 0's elapsed time is broadcast)
+        steps_per_s = state["step"] / state["elapsed"] if state["elapsed"] > 0 else 0.0
         order = rng.permutation(_epoch_draws(train_weights, rng))
         sums: dict[str, float] = {}
         for chunk in _rank_batches(order, cfg.batch_size, rank, world):
@@ -458,7 +458,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if dist is not None:
             dist.broadcast(decision, 0)
         state["elapsed"] = float(decision[1])
-        steps_per_s = state["step"] / state["elapsed"]
         if bool(decision[0]):
             break
     if bar is not None:
