@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "md_stability.json"))
+    parser.add_argument("--nvt-workdir", default=None,
+                        help="keep the NVT run here and continue it from its checkpoint when rerun "
+                             "(default: a temporary folder)")
     args = parser.parse_args()
 
     import torch
@@ -64,18 +67,23 @@ def main() -> None:
         if args.nvt_ps > 0:
             atoms = ec_dmc_lipf6_box(4, seed=2)
             calc = MLMDCalculator(args.model, dtype=args.dtype)
+            workdir = Path(args.nvt_workdir) if args.nvt_workdir else Path(tmp, "nvt")
+            resume = (workdir / "checkpoint.npz").exists()
             start = time.perf_counter()
             try:
                 run = run_md(atoms, calc, MDConfig(ensemble="nvt", temperature_K=300, timestep_fs=dt,
                                                    steps=int(args.nvt_ps * 1000 / dt), log_interval=100,
-                                                   trajectory_interval=10**9, checkpoint_interval=2000), Path(tmp, "nvt"))
+                                                   trajectory_interval=10**9, checkpoint_interval=1000),
+                             workdir, restart=resume)
                 thermo = read_thermo(run.paths["thermo"])
                 report["nvt"] = {"n_atoms": len(atoms), "length_ps": args.nvt_ps, "guard_trip": None,
                                  "mean_temperature_K": float(np.mean(thermo["temperature_K"])),
-                                 "wall_s": time.perf_counter() - start}
+                                 "temperature_std_K": float(np.std(thermo["temperature_K"])),
+                                 "min_distance_guard_A": MDConfig().guards.min_distance_A,
+                                 "resumed": resume, "wall_s_this_call": time.perf_counter() - start}
             except SimulationError as exc:
                 report["nvt"] = {"n_atoms": len(atoms), "length_ps": args.nvt_ps, "guard_trip": str(exc),
-                                 "wall_s": time.perf_counter() - start}
+                                 "resumed": resume, "wall_s_this_call": time.perf_counter() - start}
             print(json.dumps(report["nvt"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
