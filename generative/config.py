@@ -27,6 +27,9 @@ class ModelConfig(BaseModel):
     sigma1_lattice: float = Field(0.03, gt=0, lt=1, description="final std of the Gaussian flow on the scaled lattice")
     beta1_types: float = Field(3.0, gt=0, description="final accuracy of the discrete flow on atom types")
     coord_loss: Literal["uniform", "kl"] = "uniform"
+    final_prediction: bool = Field(False, description="after the N-th Bayesian update, one more network call at t = 1 "
+                                   "reads the full-accuracy posterior (N + 1 calls); off: the N-th call's prediction, "
+                                   "from the posterior of N - 1 updates, is the sample")
     # DiffCSP
     timesteps: int = Field(1000, gt=0)
     sigma_begin: float = Field(0.005, gt=0)

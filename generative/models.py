@@ -92,7 +92,8 @@ class CrysBFN(CrystalGenerator):
         N = cfg.bfn_steps
         dtype = b.frac.dtype
         B, n = b.n_crystals, b.frac.shape[0]
-        i = torch.randint(1, N + 1, (B,), generator=generator)  # step whose prediction is trained
+        # step whose prediction is trained; with final_prediction also step N + 1 (t = 1, all N updates made)
+        i = torch.randint(1, N + 1 + int(cfg.final_prediction), (B,), generator=generator)
         t = (i - 1).to(dtype) / N
         ia = i[b.batch]
         # coordinates: posterior after i-1 sender samples
@@ -153,7 +154,8 @@ class CrysBFN(CrystalGenerator):
         mu = torch.zeros(B, 3, 3, dtype=dtype)
         rho = 1.0
         type_logits = torch.zeros(n, K, dtype=dtype)
-        for i in range(1, steps + 1):
+        last_call = steps + int(self.config.final_prediction)
+        for i in range(1, last_call + 1):
             t = torch.full((B,), (i - 1) / steps, dtype=dtype)
             gamma = 1 - 1 / rho
             lat_in = mu / math.sqrt(gamma) if i > 1 else self._reference_cell(B, dtype)
@@ -163,7 +165,7 @@ class CrysBFN(CrystalGenerator):
             x_frac = frac_in + co
             x_lat = (lat_in - math.sqrt(1 - gamma) * lo) / math.sqrt(gamma) if i > 1 else lo
             probs = torch.softmax(tl, -1)
-            if i == steps:
+            if i == last_call:
                 break
             y = sample_von_mises(TWO_PI * x_frac, alphas[i - 1], generator)
             m, conc = vm_update(m, conc, y, alphas[i - 1])

@@ -186,3 +186,31 @@ def _train(model, batch, opt, steps: int, seed: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+def test_crysbfn_final_prediction_reads_the_full_posterior(tiny_records):
+    """final_prediction: sampling makes N updates and one more call at t = 1 (N + 1 calls), and training visits t = 1
+    with the posterior of all N sender samples; without it, N calls and t stays below 1."""
+    batch = collate(tiny_records, _model(tiny_records).vocab_index)
+    n_atoms = torch.tensor([r.n_atoms for r in tiny_records])
+    for final, calls in ((False, 4), (True, 5)):
+        model = _model(tiny_records, bfn_steps=4, final_prediction=final)
+        times, concentrations = [], []
+
+        def record(mod, args):
+            times.append(float(args[4].max()))
+            concentrations.append(float(torch.expm1(args[3]).max()))
+
+        hook = model.net.register_forward_pre_hook(record)
+        model.net.n_calls = 0
+        model.sample(n_atoms, batch.types, steps=4, generator=torch.Generator().manual_seed(0))
+        assert model.net.n_calls == calls
+        assert times[-1] == pytest.approx(1.0 if final else 0.75)
+        full = concentrations[-1]
+        times.clear()
+        g = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            model.loss(batch, g)
+        hook.remove()
+        assert max(times) == pytest.approx(1.0 if final else 0.75)
+        assert (full > 300) == final  # beta1 = 1000: N - 1 of the 4 accuracies sum to well under half of it
