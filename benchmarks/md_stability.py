@@ -19,6 +19,26 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def molecule_integrity(atoms) -> dict:
+    """Covalent bonds (ASE natural cutoffs x 1.15; Li+ bonds to nothing) against the box's ``mol_id``: molecules split
+    into several pieces, and bonds that join two molecules."""
+    from ase.neighborlist import NeighborList, natural_cutoffs
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    cutoffs = [0.0 if z == 3 else c for z, c in zip(atoms.numbers, natural_cutoffs(atoms, mult=1.15))]
+    neighbours = NeighborList(cutoffs, self_interaction=False, bothways=False, skin=0.0)
+    neighbours.update(atoms)
+    bonds = neighbours.get_connectivity_matrix().tocoo()
+    mol_id = atoms.arrays["mol_id"]
+    within = mol_id[bonds.row] == mol_id[bonds.col]
+    graph = coo_matrix((np.ones(within.sum()), (bonds.row[within], bonds.col[within])), shape=bonds.shape)
+    _, piece = connected_components(graph, directed=False)
+    pieces = [len(set(piece[mol_id == m])) for m in np.unique(mol_id)]
+    return {"molecules": len(pieces), "split_molecules": sum(n > 1 for n in pieces),
+            "bonds_between_molecules": int((~within).sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bamboo-electrolyte")
@@ -80,6 +100,7 @@ def main() -> None:
                                  "mean_temperature_K": float(np.mean(thermo["temperature_K"])),
                                  "temperature_std_K": float(np.std(thermo["temperature_K"])),
                                  "min_distance_guard_A": MDConfig().guards.min_distance_A,
+                                 **molecule_integrity(run.atoms),
                                  "resumed": resume, "wall_s_this_call": time.perf_counter() - start}
             except SimulationError as exc:
                 report["nvt"] = {"n_atoms": len(atoms), "length_ps": args.nvt_ps, "guard_trip": str(exc),
