@@ -3,7 +3,9 @@
     .venv/bin/python -m benchmarks.md_stability [--nve-ps 10] [--nvt-ps 20] [--out benchmarks/results/md_stability.json]
 
 NVE: the 278-atom EC/DMC + LiPF6 box, 0.5 fs step, after a short Langevin warm-up at 300 K; drift = slope of a
-linear fit of the total energy, in meV/atom/ps (target < 1). NVT: the 1,112-atom box, Langevin at 300 K, 0.5 fs.
+linear fit of the total energy, in meV/atom/ps (target < 1). NVT: the 1,112-atom box, Langevin at 300 K
+(``--timestep-fs``, default 0.5 fs, sets both runs); at the end it also checks that every molecule is still one
+piece and bonded to no other. ``--nvt-workdir`` keeps the NVT run so that a rerun continues it.
 """
 
 from __future__ import annotations
