@@ -22,23 +22,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def molecule_integrity(atoms) -> dict:
-    """Covalent bonds (ASE natural cutoffs x 1.15; Li+ bonds to nothing) against the box's ``mol_id``: molecules split
-    into several pieces, and bonds that join two molecules."""
-    from ase.neighborlist import NeighborList, natural_cutoffs
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Covalent bonds (the topology's rule: covalent radii, ions bond to nothing) against the box's ``mol_id``:
+    molecules split into several pieces, and bonds that join two molecules."""
+    from mlmd.openmm.topology import bond_components, covalent_bonds
 
-    cutoffs = [0.0 if z == 3 else c for z, c in zip(atoms.numbers, natural_cutoffs(atoms, mult=1.15))]
-    neighbours = NeighborList(cutoffs, self_interaction=False, bothways=False, skin=0.0)
-    neighbours.update(atoms)
-    bonds = neighbours.get_connectivity_matrix().tocoo()
     mol_id = atoms.arrays["mol_id"]
-    within = mol_id[bonds.row] == mol_id[bonds.col]
-    graph = coo_matrix((np.ones(within.sum()), (bonds.row[within], bonds.col[within])), shape=bonds.shape)
-    _, piece = connected_components(graph, directed=False)
+    bonds = covalent_bonds(atoms, None)
+    within = [(i, j) for i, j in bonds if mol_id[i] == mol_id[j]]
+    piece = bond_components(len(atoms), within)
     pieces = [len(set(piece[mol_id == m])) for m in np.unique(mol_id)]
     return {"molecules": len(pieces), "split_molecules": sum(n > 1 for n in pieces),
-            "bonds_between_molecules": int((~within).sum())}
+            "bonds_between_molecules": len(bonds) - len(within)}
 
 
 def main() -> None:
@@ -91,17 +85,16 @@ def main() -> None:
             calc = MLMDCalculator(args.model, dtype=args.dtype)
             workdir = Path(args.nvt_workdir) if args.nvt_workdir else Path(tmp, "nvt")
             resume = (workdir / "checkpoint.npz").exists()
+            nvt = MDConfig(ensemble="nvt", temperature_K=300, timestep_fs=dt, steps=int(args.nvt_ps * 1000 / dt),
+                           log_interval=100, trajectory_interval=10**9, checkpoint_interval=1000)
             start = time.perf_counter()
             try:
-                run = run_md(atoms, calc, MDConfig(ensemble="nvt", temperature_K=300, timestep_fs=dt,
-                                                   steps=int(args.nvt_ps * 1000 / dt), log_interval=100,
-                                                   trajectory_interval=10**9, checkpoint_interval=1000),
-                             workdir, restart=resume)
+                run = run_md(atoms, calc, nvt, workdir, restart=resume)
                 thermo = read_thermo(run.paths["thermo"])
                 report["nvt"] = {"n_atoms": len(atoms), "length_ps": args.nvt_ps, "guard_trip": None,
                                  "mean_temperature_K": float(np.mean(thermo["temperature_K"])),
                                  "temperature_std_K": float(np.std(thermo["temperature_K"])),
-                                 "min_distance_guard_A": MDConfig().guards.min_distance_A,
+                                 "min_distance_guard_A": nvt.guards.min_distance_A,
                                  **molecule_integrity(run.atoms),
                                  "resumed": resume, "wall_s_this_call": time.perf_counter() - start}
             except SimulationError as exc:

@@ -58,7 +58,9 @@ def openmm_positions(atoms: Atoms) -> np.ndarray:
     return positions * NM_PER_ANGSTROM
 
 
-def _bonds(atoms: Atoms, mol_id: np.ndarray | None) -> list[tuple[int, int]]:
+def covalent_bonds(atoms: Atoms, mol_id: np.ndarray | None) -> list[tuple[int, int]]:
+    """Sorted pairs (i < j) closer than BOND_TOLERANCE x the covalent-radius sum (minimum image): only inside a
+    molecule when ``mol_id`` is given, else between any atoms but the _IONIC ones."""
     from mlmd.neighbors import neighbor_list
 
     numbers = atoms.numbers
@@ -82,7 +84,8 @@ def _bonds(atoms: Atoms, mol_id: np.ndarray | None) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def _components(n: int, bonds: Sequence[tuple[int, int]]) -> np.ndarray:
+def bond_components(n: int, bonds: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(n,) label of each atom's connected component of the bond graph."""
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -133,9 +136,9 @@ def topology_from_atoms(atoms: Atoms, residue_names: Sequence[str] | None = None
         raise InputError("structure has no atoms; give a structure with at least one atom")
     mol_id = atoms.arrays.get(keys.MOL_ID)
     mol_id = None if mol_id is None else np.asarray(mol_id, dtype=np.int64)
-    bonds = _bonds(atoms, mol_id)
+    bonds = covalent_bonds(atoms, mol_id)
     if mol_id is None:
-        mol_id = _components(len(atoms), bonds)
+        mol_id = bond_components(len(atoms), bonds)
     order = list(dict.fromkeys(mol_id.tolist()))  # molecules in order of first appearance
     names = _residue_names(atoms, order)
     if residue_names is not None:

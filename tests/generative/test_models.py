@@ -191,10 +191,10 @@ def _train(model, batch, opt, steps: int, seed: int) -> None:
 def test_crysbfn_final_prediction_reads_the_full_posterior(tiny_records):
     """final_prediction: sampling makes N updates and one more call at t = 1 (N + 1 calls), and training visits t = 1
     with the posterior of all N sender samples; without it, N calls and t stays below 1."""
-    batch = collate(tiny_records, _model(tiny_records).vocab_index)
     n_atoms = torch.tensor([r.n_atoms for r in tiny_records])
     for final, calls in ((False, 4), (True, 5)):
         model = _model(tiny_records, bfn_steps=4, final_prediction=final)
+        batch = collate(tiny_records, model.vocab_index)
         times, concentrations = [], []
 
         def record(mod, args):
