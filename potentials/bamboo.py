@@ -46,6 +46,10 @@ class BambooConfig(BaseModel):
     # proportion to a positive weight each atom's features predict, so a charged cluster's net charge can sit on its
     # ions whatever the cluster's size. The two agree while the learned weights are equal (the share head's start).
     excess_charge: Literal["uniform", "learned"] = "uniform"
+    # Vector messages also carry the neighbours' vector features (sum_j a_ij v_j W_vv(r_ij) V_j, PaiNN-style) from
+    # the second layer on, which raises the body order the vectors see. Their filter starts at zero, so switching it on
+    # for a trained model keeps its predictions until training moves the filter.
+    vector_messages: bool = False
     # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
     # candidates). Off by default; the electrolyte model was trained without it.
     repulsion: bool = False
@@ -102,7 +106,7 @@ class TransformerLayer(nn.Module):
     s: (N, F), V: (N, 3, F), neighbours: :class:`Neighbors` -> s, V.
     """
 
-    def __init__(self, num_features: int, num_rbf: int, num_heads: int):
+    def __init__(self, num_features: int, num_rbf: int, num_heads: int, vector_messages: bool = False):
         super().__init__()
         f = num_features
         self.num_heads = num_heads
@@ -111,6 +115,14 @@ class TransformerLayer(nn.Module):
         # Separate maps (not one split in two): the backward of a split concatenates large edge tensors.
         self.radial_s = nn.Linear(num_rbf, f)
         self.radial_v = nn.Linear(num_rbf, f)
+        self.radial_vv = self.vector_in = None
+        if vector_messages:
+            # One radial filter per head (not per feature): the dense layout then sums the carried vectors with one
+            # (N, N) matmul per head instead of gathering V_j into every slot.
+            self.radial_vv = nn.Linear(num_rbf, num_heads)
+            nn.init.zeros_(self.radial_vv.weight)
+            nn.init.zeros_(self.radial_vv.bias)
+            self.vector_in = nn.Linear(f, f, bias=False)
         self.vector_mix = nn.Linear(f, 2 * f, bias=False)
         self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
 
@@ -135,10 +147,13 @@ class TransformerLayer(nn.Module):
         vector = value * self.radial_v(nb.rbf)
         if nb.dense:
             s = s + scalar.sum(dim=1)
-            V = V + torch.bmm(nb.unit.transpose(1, 2), vector)  # (N, 3, M) @ (N, M, F)
+            update = torch.bmm(nb.unit.transpose(1, 2), vector)  # (N, 3, M) @ (N, M, F)
         else:
             s = s.index_add(0, nb.centers, scalar)
-            V = V.index_add(0, nb.centers, nb.unit[:, :, None] * vector[:, None, :])
+            update = torch.zeros_like(V).index_add(0, nb.centers, nb.unit[:, :, None] * vector[:, None, :])
+        if self.radial_vv is not None:
+            update = update + self._carried_vectors(V, attention * self.radial_vv(nb.rbf), nb)
+        V = V + update
         U, W = self.vector_mix(V).chunk(2, dim=-1)
         norms = torch.sqrt((U * U).sum(dim=1) + 1e-8)
         dots = (U * W).sum(dim=1)
@@ -146,6 +161,21 @@ class TransformerLayer(nn.Module):
         s = s + a_s + a_dot * dots
         V = V + a_v[:, None, :] * W
         return s, V
+
+    def _carried_vectors(self, V: torch.Tensor, weight: torch.Tensor, nb: Neighbors) -> torch.Tensor:
+        """sum_j w_ij,h (V_j W_in) over the heads' feature blocks. V: (N, 3, F), weight: (*slots, H) -> (N, 3, F)."""
+        n, _, f = V.shape
+        heads, width = self.num_heads, f // self.num_heads
+        V_in = self.vector_in(V)
+        if nb.pair_index is not None:
+            matrix = weight.new_zeros(heads, n * n).index_add(1, nb.pair_index, weight.reshape(-1, heads).t())
+            V_h = V_in.view(n, 3, heads, width).permute(2, 0, 1, 3).reshape(heads, n, 3 * width)
+            carried = torch.bmm(matrix.view(heads, n, n), V_h)  # (H, N, 3 * width)
+            return carried.view(heads, n, 3, width).permute(1, 2, 0, 3).reshape(n, 3, f)
+        V_j = V_in.index_select(0, nb.neighbors).view(-1, 3, heads, width) * weight.reshape(-1, 1, heads, 1)
+        if nb.dense:
+            return V_j.view(n, -1, 3, f).sum(dim=1)
+        return torch.zeros_like(V).index_add(0, nb.centers, V_j.view(-1, 3, f))
 
 
 def dense_neighbors(edge_index: torch.Tensor, vectors: torch.Tensor, num_atoms: int, cutoff: float):
@@ -187,7 +217,9 @@ class BambooPotential(Potential):
         self.register_buffer("species_index", index, persistent=False)
         self.embedding = nn.Embedding(len(cfg.species), f)
         self.rbf = ExpNormalRBF(cfg.num_rbf, cfg.cutoff)
-        self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads) for _ in range(cfg.num_layers))
+        # The first layer sees V = 0, so it never carries vectors.
+        self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads, cfg.vector_messages and k > 0)
+                                    for k in range(cfg.num_layers))
         self.energy_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
         self.charge_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
         self.excess_head = _uniform_share_head(f) if cfg.excess_charge == "learned" else None

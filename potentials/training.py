@@ -269,10 +269,13 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 
 
 # -- training loop --------------------------------------------------------------------------------------------
-# Settings a fine-tuning run may change on a loaded model: parameter-free physics terms, not the architecture.
-# "excess_charge" may go from "uniform" to "learned": the new share head starts at equal shares, i.e. the same model.
+# Settings a fine-tuning run may change on a loaded model: parameter-free physics terms, and two switches that add
+# modules which start as the identity of the loaded model (the share head at equal shares, the carried-vector filter
+# at zero). Those two may only be switched on; each maps to the parameter names it adds.
 FINETUNE_MODEL_OVERRIDES = {"repulsion", "dispersion", "dispersion_cutoff", "coulomb_r0", "pme_smearing",
-                            "pme_mesh_spacing", "excess_charge"}
+                            "pme_mesh_spacing", "excess_charge", "vector_messages"}
+_GROWN_PARAMETERS = {"excess_charge": ("excess_head.",), "vector_messages": (".radial_vv.", ".vector_in.")}
+_GROWN_FROM = {"excess_charge": ("uniform", "learned"), "vector_messages": (False, True)}
 
 
 def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
@@ -288,11 +291,15 @@ def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
     if refused:
         raise ConfigError(f"model.{refused[0]} cannot change when fine-tuning from {cfg.init_from}; "
                           f"a fine-tuning run may change only {', '.join(sorted(FINETUNE_MODEL_OVERRIDES))}")
+    for name in sorted(changed & set(_GROWN_FROM)):
+        before, after = model.config.get(name, _GROWN_FROM[name][0]), overrides[name]
+        if (before, after) != _GROWN_FROM[name]:
+            raise ConfigError(f"model.{name} cannot go from {before!r} to {after!r} when fine-tuning from "
+                              f"{cfg.init_from}; only {_GROWN_FROM[name][0]!r} -> {_GROWN_FROM[name][1]!r} can")
     tuned = BambooPotential({**model.config, **{name: overrides[name] for name in changed}})
+    grown = tuple(prefix for name in changed & set(_GROWN_PARAMETERS) for prefix in _GROWN_PARAMETERS[name])
     missing, unexpected = tuned.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("excess_head.") for key in missing):
-        raise ConfigError(f"model.excess_charge cannot go from {model.config.get('excess_charge', 'uniform')!r} to "
-                          f"{tuned.config['excess_charge']!r} when fine-tuning from {cfg.init_from}; only 'uniform' -> 'learned' can")
+    assert not unexpected and all(any(p in key for p in grown) for key in missing), (missing, unexpected)
     tuned.metadata = model.metadata
     return tuned.train()
 

@@ -41,6 +41,35 @@ class TestBambooLearnedExcessCharge(PotentialTests):
         return _with_random_share_head(BambooPotential({**SMALL, "excess_charge": "learned"}))
 
 
+def _with_random_vector_filters(model):
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for layer in model.layers[1:]:
+            layer.radial_vv.weight.normal_(0.0, 0.5)
+            layer.radial_vv.bias.normal_(0.0, 0.5)
+    return model
+
+
+class TestBambooVectorMessages(PotentialTests):
+    # Without the mesh-based Coulomb term the invariances hold to round-off, which is the check the new messages need.
+    def make_model(self):
+        return _with_random_vector_filters(BambooPotential({**SMALL, "vector_messages": True, "coulomb": False}))
+
+
+def test_vector_messages_start_as_the_model_without_them_and_then_change_it():
+    atoms = water_cluster(3)
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    plain = BambooPotential(SMALL).double().eval()
+    carried = BambooPotential({**SMALL, "vector_messages": True}).double().eval()
+    missing, unexpected = carried.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".radial_vv." in key or ".vector_in." in key for key in missing)
+    assert carried.layers[0].radial_vv is None  # the first layer sees V = 0
+    a, b = plain(graph, compute_forces=True), carried(graph, compute_forces=True)
+    assert torch.allclose(a[keys.ENERGY], b[keys.ENERGY]) and torch.allclose(a[keys.FORCES], b[keys.FORCES])
+    _with_random_vector_filters(carried)
+    assert not torch.allclose(a[keys.FORCES], carried(graph, compute_forces=True)[keys.FORCES], atol=1e-6)
+
+
 def test_learned_charge_shares_start_uniform_and_place_the_total_charge():
     atoms = water_cluster(3)
     atoms.info[keys.TOTAL_CHARGE] = -1
@@ -97,11 +126,14 @@ def test_pme_reproduces_madelung_energy_of_rocksalt():
     assert energy == pytest.approx(madelung, rel=2e-3)
 
 
+@pytest.mark.parametrize("vector_messages", [False, True])
 @pytest.mark.parametrize("periodic", [False, True])
-def test_dense_sparse_and_all_pair_score_layouts_agree(periodic):
+def test_dense_sparse_and_all_pair_score_layouts_agree(periodic, vector_messages):
     from tests.conftest import periodic_box
 
-    model = BambooPotential(SMALL).double().eval()
+    model = BambooPotential({**SMALL, "vector_messages": vector_messages}).double().eval()
+    if vector_messages:
+        _with_random_vector_filters(model)
     atoms = periodic_box() if periodic else water_cluster(4)
     graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
     results = {}

@@ -158,6 +158,15 @@ def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_
         train(load_train_config(None, {**base, "init_from": str(tmp_path / "run3" / "best.pt"),
                                        "output": str(tmp_path / "run4"), "model": {"excess_charge": "uniform"}}),
               progress=False)
+    # carried vector messages likewise (their filter starts at zero)
+    train(load_train_config(None, {**base, "output": str(tmp_path / "run5"), "model": {"vector_messages": True}}),
+          progress=False)
+    grown = load_potential(tmp_path / "run5" / "best.pt")
+    assert grown.config["vector_messages"] and grown.layers[1].radial_vv is not None
+    with pytest.raises(ConfigError, match="model.vector_messages cannot go from True to False"):
+        train(load_train_config(None, {**base, "init_from": str(tmp_path / "run5" / "best.pt"),
+                                       "output": str(tmp_path / "run6"), "model": {"vector_messages": False}}),
+              progress=False)
 
 
 def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
