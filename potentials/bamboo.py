@@ -46,9 +46,9 @@ class BambooConfig(BaseModel):
     # proportion to a positive weight each atom's features predict, so a charged cluster's net charge can sit on its
     # ions whatever the cluster's size. The two agree while the learned weights are equal (the share head's start).
     excess_charge: Literal["uniform", "learned"] = "uniform"
-    # Vector messages also carry the neighbours' vector features (sum_j a_ij v_j W_vv(r_ij) V_j, PaiNN-style) from
-    # the second layer on, which raises the body order the vectors see. Their filter starts at zero, so switching it on
-    # for a trained model keeps its predictions until training moves the filter.
+    # Vector messages also carry the neighbours' vector features (sum_j a_ij g_h(r_ij) V_j W_in, as PaiNN passes V_j)
+    # from the second layer on, which raises the body order the vectors see. The radial filter g starts at zero, so
+    # switching this on for a trained model keeps its predictions until training moves the filter.
     vector_messages: bool = False
     # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
     # candidates). Off by default; the electrolyte model was trained without it.
@@ -100,8 +100,9 @@ class Neighbors(NamedTuple):
 
 class TransformerLayer(nn.Module):
     """Cutoff-weighted attention a_ij = SiLU(q_i.k_j) fcut(r_ij) per head (no softmax); scalar messages
-    sum_j a_ij v_j W_s(r_ij), vector messages sum_j a_ij v_j W_v(r_ij) (x) r_hat_ij; a gated update mixes scalars
-    with vector norms and dot products.
+    sum_j a_ij v_j W_s(r_ij), vector messages sum_j a_ij v_j W_v(r_ij) (x) r_hat_ij (with ``vector_messages`` plus
+    the carried sum_j a_ij g_h(r_ij) V_j W_in per head h); a gated update mixes scalars with vector norms and dot
+    products.
 
     s: (N, F), V: (N, 3, F), neighbours: :class:`Neighbors` -> s, V.
     """
