@@ -146,15 +146,15 @@ class TransformerLayer(nn.Module):
         value = (v.index_select(0, nb.neighbors).view(*slots, heads, width) * attention[..., None]).view(*slots, f)
         scalar = value * self.radial_s(nb.rbf)
         vector = value * self.radial_v(nb.rbf)
+        carried = self._carried_vectors(V, attention * self.radial_vv(nb.rbf), nb) if self.radial_vv is not None else None
         if nb.dense:
             s = s + scalar.sum(dim=1)
-            update = torch.bmm(nb.unit.transpose(1, 2), vector)  # (N, 3, M) @ (N, M, F)
+            V = V + torch.bmm(nb.unit.transpose(1, 2), vector)  # (N, 3, M) @ (N, M, F)
         else:
             s = s.index_add(0, nb.centers, scalar)
-            update = torch.zeros_like(V).index_add(0, nb.centers, nb.unit[:, :, None] * vector[:, None, :])
-        if self.radial_vv is not None:
-            update = update + self._carried_vectors(V, attention * self.radial_vv(nb.rbf), nb)
-        V = V + update
+            V = V.index_add(0, nb.centers, nb.unit[:, :, None] * vector[:, None, :])
+        if carried is not None:
+            V = V + carried
         U, W = self.vector_mix(V).chunk(2, dim=-1)
         norms = torch.sqrt((U * U).sum(dim=1) + 1e-8)
         dots = (U * W).sum(dim=1)

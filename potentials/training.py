@@ -274,8 +274,8 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 # at zero). Those two may only be switched on; each maps to the parameter names it adds.
 FINETUNE_MODEL_OVERRIDES = {"repulsion", "dispersion", "dispersion_cutoff", "coulomb_r0", "pme_smearing",
                             "pme_mesh_spacing", "excess_charge", "vector_messages"}
-_GROWN_PARAMETERS = {"excess_charge": ("excess_head.",), "vector_messages": (".radial_vv.", ".vector_in.")}
-_GROWN_FROM = {"excess_charge": ("uniform", "learned"), "vector_messages": (False, True)}
+_GROWABLE = {"excess_charge": (("uniform", "learned"), ("excess_head.",)),
+             "vector_messages": ((False, True), (".radial_vv.", ".vector_in."))}
 
 
 def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
@@ -291,13 +291,15 @@ def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
     if refused:
         raise ConfigError(f"model.{refused[0]} cannot change when fine-tuning from {cfg.init_from}; "
                           f"a fine-tuning run may change only {', '.join(sorted(FINETUNE_MODEL_OVERRIDES))}")
-    for name in sorted(changed & set(_GROWN_FROM)):
-        before, after = model.config.get(name, _GROWN_FROM[name][0]), overrides[name]
-        if (before, after) != _GROWN_FROM[name]:
+    grown: tuple[str, ...] = ()
+    for name in sorted(changed & _GROWABLE.keys()):
+        (off, on), prefixes = _GROWABLE[name]
+        before, after = model.config.get(name, off), overrides[name]
+        if (before, after) != (off, on):
             raise ConfigError(f"model.{name} cannot go from {before!r} to {after!r} when fine-tuning from "
-                              f"{cfg.init_from}; only {_GROWN_FROM[name][0]!r} -> {_GROWN_FROM[name][1]!r} can")
+                              f"{cfg.init_from}; only {off!r} -> {on!r} can")
+        grown += prefixes
     tuned = BambooPotential({**model.config, **{name: overrides[name] for name in changed}})
-    grown = tuple(prefix for name in changed & set(_GROWN_PARAMETERS) for prefix in _GROWN_PARAMETERS[name])
     missing, unexpected = tuned.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(any(p in key for p in grown) for key in missing), (missing, unexpected)
     tuned.metadata = model.metadata
