@@ -4,6 +4,7 @@
 
 Periodic EC/DMC + LiPF6 boxes of 278 and 1,112 atoms; each measurement runs in its own process (so peak memory is
 its own), mlmd and the peer alternate on the same box in one run, and the JSON gives atom-steps/s and their ratio.
+Both processes run with the glibc heap thresholds of :mod:`mlmd.allocator` (mlmd's calculator sets them itself).
 The peer runs in its own virtual environment (mace-torch pins e3nn 0.4.4), created on first use at
 ``$MLMD_PEER_VENV`` (default ``benchmarks/.peer-venv``).
 """
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mlmd.allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
 
 HERE = Path(__file__).resolve().parent
 PEER_VENV = Path(os.environ.get("MLMD_PEER_VENV", HERE / ".peer-venv"))
@@ -70,7 +73,9 @@ def measure_mlmd(structure: str, model: str, calls: int, threads: int, dtype: st
 
 
 def _run_json(cmd: list[str]) -> dict:
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    # The peer gets the allocator thresholds mlmd's calculator sets for itself, so the ratio compares the models.
+    env = {**os.environ, **ALLOCATOR_ENVIRONMENT, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -110,7 +115,7 @@ def main() -> None:
                          "memory_ratio": ours["calc_memory_MB"] / max(peer["calc_memory_MB"], 1e-3)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     report = {"benchmark": "energy+forces through the ASE calculator, periodic EC/DMC + LiPF6",
-              "threads": args.threads, "calls": args.calls, "rows": rows}
+              "allocator": ALLOCATOR_ENVIRONMENT, "threads": args.threads, "calls": args.calls, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -31,8 +31,10 @@ class MLMDCalculator(Calculator):
         """``charge``: total charge in e for every structure (as tblite's ``charge``); None reads
         ``atoms.info['total_charge']`` (0 when absent)."""
         super().__init__(**kwargs)
+        from mlmd.allocator import keep_freed_memory
         from mlmd.errors import InputError
 
+        keep_freed_memory()  # every MD step allocates the same large tensors again
         if dtype not in _DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
         self.dtype = _DTYPES[dtype]

@@ -18,6 +18,7 @@ import torch.nn.functional as nn_functional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlmd import keys, units
+from mlmd.allocator import keep_freed_memory
 from mlmd.checkpoint import read_checkpoint, save_checkpoint
 from mlmd.config import read_yaml_mapping
 from mlmd.data import Sample, collate_samples, frames_hash, make_sample, read_frames, split_indices
@@ -349,6 +350,7 @@ def _log(path: Path, record: dict[str, Any]) -> None:
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a BAMBOO potential. Writes ``output/{last,best}.pt``, ``metrics.jsonl``, ``final_metrics.json``."""
     rank, world = _init_distributed()
+    keep_freed_memory()  # every step allocates the same large edge tensors again
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(cfg.dtype)
