@@ -53,6 +53,8 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
 
     metrics = {"valid": meta.get("metrics", {}).get("valid"), "test": meta.get("metrics", {}).get("test"),
                "train_time_s": meta.get("train_time_s"), "epochs": meta.get("epochs")}
+    if metrics["valid"] is None and (run_dir / "metrics.jsonl").exists():  # a run stopped before its final summary
+        metrics.update(_summary_from_log(run_dir / "metrics.jsonl"))
     model = load_potential(target / "model.pt")
     metrics["n_parameters"] = sum(p.numel() for p in model.parameters())
     metrics.update(test_metrics(model, frames, meta.get("data", [])))
@@ -60,6 +62,17 @@ def bundle(run_dir: str | Path, name: str, transfer: str | Path | None = None,
         metrics["transfer"] = transfer_metrics(model, transfer)
     atomic_write_text(target / "metrics.json", json.dumps(metrics, indent=2))
     return target
+
+
+def _summary_from_log(log: Path) -> dict:
+    """Validation errors of the epoch ``best.pt`` was saved at, its epoch count and the run's training time."""
+    from potentials.training import selection_score
+
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    prefix = "valid_"
+    best = min(records, key=lambda r: selection_score({k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}))
+    valid = {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}
+    return {"valid": valid, "epochs": best["epoch"], "train_time_s": records[-1]["time_s"]}
 
 
 def test_metrics(model, frames, data: list[str]) -> dict:

@@ -342,6 +342,11 @@ def _rank_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> 
     return [order[start:min(start + step, usable)][rank::world] for start in range(0, usable, step)]
 
 
+def selection_score(valid: dict[str, Any]) -> float:
+    """What ``best.pt`` minimises over epochs: validation energy MAE (meV/atom) x 10 + force MAE (meV/Å)."""
+    return valid["energy_mae_meV_per_atom"] * 10 + valid["force_mae_meV_per_A"]
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -446,7 +451,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         state["elapsed"] = time.time() - start_time
         if rank == 0:
             valid = evaluate_samples(ema, valid_set, dtype=dtype, bias=True)
-            score = valid["energy_mae_meV_per_atom"] * 10 + valid["force_mae_meV_per_A"]
+            score = selection_score(valid)
             record = {"epoch": state["epoch"], "step": state["step"], "time_s": round(state["elapsed"], 1),
                       "lr": optimizer.param_groups[0]["lr"],
                       **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
