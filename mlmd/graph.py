@@ -60,7 +60,8 @@ class AtomicGraph:
             shifts = self.edge_cell_shifts @ cell[0]  # one matmul; the batched form gathers a 3x3 cell per edge
         else:
             shifts = torch.einsum("ek,ekl->el", self.edge_cell_shifts, cell[self.batch[i]])
-        return positions[j] - positions[i] + shifts
+        # index_select, not positions[j]: its backward is an index_add, about twice as fast as indexing's index_put
+        return positions.index_select(0, j) - positions.index_select(0, i) + shifts
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
         """Move to ``device``; cast floating tensors to ``dtype``."""

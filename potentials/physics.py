@@ -5,6 +5,7 @@ and a pairwise D3-like dispersion. All energies in eV, distances in Å, charges 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,9 +81,9 @@ class DampedCoulomb(nn.Module):
         if n < 2:
             return torch.zeros_like(q)
         i, j = torch.triu_indices(n, n, offset=1, device=q.device)
-        r = (pos[j] - pos[i]).norm(dim=1)
+        r = (pos.index_select(0, j) - pos.index_select(0, i)).norm(dim=1)
         kernel = 1.0 / r + damped_pair_kernel(r, self.r0, self.short_cutoff)
-        pair = 0.5 * COULOMB_EV_A * q[i] * q[j] * kernel
+        pair = 0.5 * COULOMB_EV_A * q.index_select(0, i) * q.index_select(0, j) * kernel
         return torch.zeros_like(q).index_add(0, i, pair).index_add(0, j, pair)
 
     def _pme(self, dtype: torch.dtype, device: torch.device, full_list: bool):
@@ -106,16 +107,16 @@ class DampedCoulomb(nn.Module):
             i_t = torch.from_numpy(i).to(q.device)
             j_t = torch.from_numpy(j).to(q.device)
             s_t = torch.from_numpy(shifts).to(dtype=pos.dtype, device=q.device)
-            r = (pos[j_t] - pos[i_t] + s_t @ cell).norm(dim=1)
-            pair_share = 0.5  # each pair once: half its energy to each atom
+            r = (pos.index_select(0, j_t) - pos.index_select(0, i_t) + s_t @ cell).norm(dim=1)
         else:
             (i_t, j_t), r = pairs
-            pair_share = 0.25  # each pair twice (i->j and j->i)
         calculator = self._pme(pos.dtype, pos.device, full_list=pairs is not None)
         phi = calculator(q[:, None], cell, pos, torch.stack([i_t, j_t], dim=1), r)[:, 0]
         energies = COULOMB_EV_A * q * phi
-        pair = pair_share * COULOMB_EV_A * q[i_t] * q[j_t] * damped_pair_kernel(r, self.r0, self.short_cutoff)
-        return energies.index_add(0, i_t, pair).index_add(0, j_t, pair)
+        pair = 0.5 * COULOMB_EV_A * q.index_select(0, i_t) * q.index_select(0, j_t) * damped_pair_kernel(r, self.r0, self.short_cutoff)
+        if pairs is None:  # each pair once: half its energy to each atom
+            return energies.index_add(0, i_t, pair).index_add(0, j_t, pair)
+        return energies.index_add(0, i_t, pair)  # each pair twice (i->j and j->i): half to its centre each time
 
 
 # Ziegler-Biersack-Littmark universal screening function: sum_k c_k exp(-d_k r / a).
@@ -178,19 +179,22 @@ class Dispersion(nn.Module):
         self.register_buffer("c6", c6, persistent=False)
         self.register_buffer("r0", r0, persistent=False)
 
-    def _pairs(self, graph: AtomicGraph, pos_np: np.ndarray, cell_np: np.ndarray):
+    def _pairs(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> "_Pairs":
         """Half list of pairs within cutoff + skin with their C6 and R^6, reused while it still holds every pair
-        within the cutoff (:func:`mlmd.neighbors.skin_list_valid`; MD steps, NPT included).
-        Returns i, j (P,), integer shifts (P, 3), c6 (P,), radius6 (P,) (float64 numpy)."""
+        within the cutoff (:func:`mlmd.neighbors.skin_list_valid`; MD steps, NPT included)."""
+        pos_np, cell_np = positions.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy()
         pbc = graph.pbc.cpu().numpy()
         ptr = graph.ptr.cpu().numpy()
         numbers = graph.atomic_numbers.cpu().numpy()
+        key = (positions.dtype, positions.device)
         cached = self._cache
         if cached is not None and np.array_equal(cached[2], pbc) and np.array_equal(cached[3], ptr) \
                 and np.array_equal(cached[4], numbers):
             if all(skin_list_valid(cached[0][ptr[b]:ptr[b + 1]], cached[1][b], pos_np[ptr[b]:ptr[b + 1]], cell_np[b],
                                    pbc[b], self.cutoff, self.skin) for b in range(len(ptr) - 1)):
-                return cached[5]
+                if key not in cached[5]:
+                    cached[5][key] = cached[5]["numpy"].to(*key)
+                return cached[5][key]
         i_all, j_all, s_all = [], [], []
         for b in range(graph.num_graphs):
             start, stop = int(ptr[b]), int(ptr[b + 1])
@@ -199,22 +203,112 @@ class Dispersion(nn.Module):
             j_all.append(j + start)
             s_all.append(s)
         i, j, s = np.concatenate(i_all), np.concatenate(j_all), np.concatenate(s_all)
+        # Pairs in a fixed shuffled order: sorted by i, the scatter-adds of the forces would accumulate into one
+        # atom's slot many times in a row, a dependency chain ~5x slower than scattered writes.
+        order = np.random.default_rng(0).permutation(len(i))
+        i, j, s = i[order], j[order], s[order]
         c6, r0 = self.c6.cpu().numpy(), self.r0.cpu().numpy()
         c6_ij = np.sqrt(c6[numbers[i]] * c6[numbers[j]])
         radius6 = (self.a1 * (r0[numbers[i]] + r0[numbers[j]]) + self.a2) ** 6
-        pairs = (i, j, s, c6_ij, radius6)
-        self._cache = (pos_np.copy(), cell_np.copy(), pbc.copy(), ptr.copy(), numbers.copy(), pairs)
-        return pairs
+        pairs = _Pairs(torch.from_numpy(i), torch.from_numpy(j), torch.from_numpy(np.ascontiguousarray(s.T, dtype=np.float64)),
+                       None if graph.num_graphs == 1 else torch.from_numpy(np.searchsorted(ptr, i, side="right") - 1),
+                       torch.from_numpy(c6_ij), torch.from_numpy(radius6), self.s6, self.cutoff - 1.0, self.cutoff)
+        self._cache = (pos_np.copy(), cell_np.copy(), pbc.copy(), ptr.copy(), numbers.copy(),
+                       {"numpy": pairs, key: pairs.to(*key)})
+        return self._cache[5][key]
 
     def forward(self, graph: AtomicGraph, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        i, j, s, c6, radius6 = (torch.from_numpy(a).to(positions.device) for a in
-                                self._pairs(graph, positions.detach().cpu().double().numpy(), cell.detach().cpu().double().numpy()))
-        s, c6, radius6 = (a.to(positions.dtype) for a in (s, c6, radius6))
-        if graph.num_graphs == 1:
-            shifts = s @ cell[0]  # one matmul; the batched form gathers a 3x3 cell per pair
+        return _DispersionEnergies.apply(positions, cell, self._pairs(graph, positions, cell))
+
+
+class _Pairs(NamedTuple):
+    """Dispersion pairs: i, j (P,), integer cell shifts (3, P), the graph of each pair (P,) (None for one graph),
+    C6 (P,), R^6 (P,), the s6 scale and the switch-off range. Pair vectors are handled as (3, P): gathers,
+    scatters and the 3-component sums then run over long contiguous rows."""
+
+    i: torch.Tensor
+    j: torch.Tensor
+    shifts: torch.Tensor
+    pair_graph: torch.Tensor | None
+    c6: torch.Tensor
+    radius6: torch.Tensor
+    s6: float
+    r_on: float
+    r_off: float
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> "_Pairs":
+        """Index tensors on ``device``; shifts, C6 and R^6 also in ``dtype``."""
+        index = {name: None if t is None else t.to(device) for name, t in
+                 (("i", self.i), ("j", self.j), ("pair_graph", self.pair_graph))}
+        floats = {name: getattr(self, name).to(device=device, dtype=dtype) for name in ("shifts", "c6", "radius6")}
+        return self._replace(**index, **floats)
+
+
+def _pair_vectors(positions: torch.Tensor, cell: torch.Tensor, p: _Pairs) -> torch.Tensor:
+    """r_j - r_i + shift . cell as (3, P)."""
+    if p.pair_graph is None:
+        shifts = cell[0].t() @ p.shifts  # one matmul; the batched form gathers a 3x3 cell per pair
+    else:
+        shifts = torch.einsum("kp,pkl->lp", p.shifts, cell[p.pair_graph])
+    columns = positions.t().contiguous()
+    return columns.index_select(1, p.j) - columns.index_select(1, p.i) + shifts
+
+
+def _squared_norms(d: torch.Tensor) -> torch.Tensor:
+    """|d|^2 (P,) of (3, P) vectors; three row products beat a reduction over a dimension of 3."""
+    return d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+
+
+def _pair_energies(r2: torch.Tensor, p: _Pairs) -> torch.Tensor:
+    """Half of each pair's energy (P,): -s6/2 C6 / (r^6 + R^6) switch(r)."""
+    return (-0.5 * p.s6) * p.c6 / (r2**3 + p.radius6) * smooth_switch(torch.sqrt(r2), p.r_on, p.r_off)
+
+
+def _atom_energies(pair: torch.Tensor, p: _Pairs, num_atoms: int) -> torch.Tensor:
+    return pair.new_zeros(num_atoms).index_add(0, p.i, pair).index_add(0, p.j, pair)
+
+
+class _DispersionEnergies(torch.autograd.Function):
+    """Per-atom dispersion energies (N,) from positions (N, 3) and cells (B, 3, 3).
+
+    The pair gradient is formed in closed form during the forward pass, so a force call's backward is one gather and
+    two scatters instead of autograd through a dozen ops over ~10^5 pairs. Double backward (training on forces,
+    Hessians) recomputes the pairs with autograd, so higher derivatives stay exact.
+    """
+
+    @staticmethod
+    def forward(ctx, positions: torch.Tensor, cell: torch.Tensor, p: _Pairs) -> torch.Tensor:
+        d = _pair_vectors(positions, cell, p)
+        r2 = _squared_norms(d)
+        r = torch.sqrt(r2)
+        attraction = (-0.5 * p.s6) * p.c6 / (r2**3 + p.radius6)
+        switch = smooth_switch(r, p.r_on, p.r_off)
+        x = ((r - p.r_on) / (p.r_off - p.r_on)).clamp(0.0, 1.0)
+        dswitch_dr = -30.0 * x**2 * (1.0 - x) ** 2 / (p.r_off - p.r_on)
+        dattraction_dr2 = -3.0 * attraction * r2**2 / (r2**3 + p.radius6)
+        dpair_dr2 = dattraction_dr2 * switch + attraction * dswitch_dr / (2.0 * r)
+        ctx.save_for_backward(positions, cell, 2.0 * dpair_dr2 * d)
+        ctx.pairs = p
+        return _atom_energies(attraction * switch, p, positions.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_energies: torch.Tensor):
+        positions, cell, dpair_dd = ctx.saved_tensors
+        p = ctx.pairs
+        needs = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph: differentiate an autograd recomputation instead
+            wanted = [t for t, need in zip((positions, cell), needs) if need]
+            d = _pair_vectors(positions, cell, p)
+            energies = _atom_energies(_pair_energies(_squared_norms(d), p), p, positions.shape[0])
+            grads = iter(torch.autograd.grad(energies, wanted, grad_energies, create_graph=True, allow_unused=True))
+            return next(grads) if needs[0] else None, next(grads) if needs[1] else None, None
+        weight = grad_energies.index_select(0, p.i) + grad_energies.index_select(0, p.j)
+        grad_d = weight * dpair_dd  # (3, P)
+        grad_columns = positions.new_zeros(3, positions.shape[0]).index_add(1, p.j, grad_d).index_add(1, p.i, grad_d.neg())
+        if not needs[1]:
+            grad_cell = None
+        elif p.pair_graph is None:
+            grad_cell = (p.shifts @ grad_d.t())[None]
         else:
-            shifts = torch.einsum("ek,ekl->el", s, cell[graph.batch[i]])
-        d = positions[j] - positions[i] + shifts
-        r2 = (d * d).sum(dim=1)
-        pair = (-0.5 * self.s6) * c6 / (r2**3 + radius6) * smooth_switch(torch.sqrt(r2), self.cutoff - 1.0, self.cutoff)
-        return torch.zeros_like(positions[:, 0]).index_add(0, i, pair).index_add(0, j, pair)
+            grad_cell = torch.zeros_like(cell).index_add(0, p.pair_graph, p.shifts.t()[:, :, None] * grad_d.t()[:, None, :])
+        return grad_columns.t(), grad_cell, None

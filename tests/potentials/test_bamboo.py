@@ -176,11 +176,37 @@ def test_dispersion_pair_list_reuse_matches_a_fresh_list():
     reused(graph, graph.positions, graph.cell)
     atoms.rattle(0.1, seed=1)  # below half the 1 Å skin: the cached list stays valid
     graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
-    cached_pairs = reused._cache[4]
+    cached_pairs = reused._cache[5]
     energy = reused(graph, graph.positions, graph.cell).sum()
-    assert reused._cache[4] is cached_pairs
+    assert reused._cache[5] is cached_pairs
     fresh = Dispersion()(graph, graph.positions, graph.cell).sum()
     assert energy.item() == pytest.approx(fresh.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_dispersion_closed_form_gradient_and_double_backward_match_finite_differences(batched):
+    from tests.conftest import periodic_box
+
+    from mlmd.graph import collate
+    from potentials.physics import Dispersion
+
+    boxes = [periodic_box(seed=0), periodic_box(seed=1)] if batched else [periodic_box(seed=0)]
+    graph = collate([graph_from_atoms(a, 5.0) for a in boxes]).to(dtype=torch.float64)
+    dispersion = Dispersion(cutoff=6.0)  # a 6 Å switch-off keeps the pair count small for finite differences
+
+    def energy(positions, cell):
+        return dispersion(graph, positions, cell).sum()
+
+    positions = graph.positions.clone().requires_grad_(True)
+    cell = graph.cell.clone().requires_grad_(True)
+    # first derivatives (the closed form) and second derivatives (create_graph recomputation) against central
+    # finite differences
+    assert torch.autograd.gradcheck(energy, (positions, cell))
+    assert torch.autograd.gradgradcheck(energy, (positions, cell))
+    closed_form = torch.autograd.grad(energy(positions, cell), (positions, cell))
+    recomputed = torch.autograd.grad(energy(positions, cell), (positions, cell), create_graph=True)
+    for a, b in zip(closed_form, recomputed):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 class TestBambooWithRepulsion(PotentialTests):
