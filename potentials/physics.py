@@ -86,14 +86,13 @@ class DampedCoulomb(nn.Module):
         pair = 0.5 * COULOMB_EV_A * q.index_select(0, i) * q.index_select(0, j) * kernel
         return torch.zeros_like(q).index_add(0, i, pair).index_add(0, j, pair)
 
-    def _pme(self, dtype: torch.dtype, device: torch.device, full_list: bool):
+    def _pme(self, dtype: torch.dtype, device: torch.device):
         import torchpme
 
-        key = (dtype, str(device), full_list)
+        key = (dtype, str(device))
         if key not in self._calculators:  # a plain dict, so the calculators stay out of the state_dict
             potential = torchpme.CoulombPotential(smearing=self.smearing)
-            self._calculators[key] = torchpme.PMECalculator(potential, mesh_spacing=self.mesh_spacing,
-                                                            full_neighbor_list=full_list).to(dtype=dtype, device=device)
+            self._calculators[key] = torchpme.PMECalculator(potential, mesh_spacing=self.mesh_spacing).to(dtype=dtype, device=device)
         return self._calculators[key]
 
     def _periodic(self, graph: AtomicGraph, b: int, q: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor,
@@ -110,10 +109,14 @@ class DampedCoulomb(nn.Module):
             r = (pos.index_select(0, j_t) - pos.index_select(0, i_t) + s_t @ cell).norm(dim=1)
         else:
             (i_t, j_t), r = pairs
-        calculator = self._pme(pos.dtype, pos.device, full_list=pairs is not None)
-        phi = calculator(q[:, None], cell, pos, torch.stack([i_t, j_t], dim=1), r)[:, 0]
+        calculator = self._pme(pos.dtype, pos.device)
+        # torch-pme gives the reciprocal-space part with its self and background terms (an empty pair list); the
+        # real-space part erfc(r / sqrt(2) sigma) / r is summed here together with the short-range cap, in one pass.
+        no_pairs = torch.zeros(0, 2, dtype=torch.long, device=q.device)
+        phi = calculator(q[:, None], cell, pos, no_pairs, r[:0])[:, 0]
         energies = COULOMB_EV_A * q * phi
-        pair = 0.5 * COULOMB_EV_A * q.index_select(0, i_t) * q.index_select(0, j_t) * damped_pair_kernel(r, self.r0, self.short_cutoff)
+        kernel = calculator.potential.sr_from_dist(r) + damped_pair_kernel(r, self.r0, self.short_cutoff)
+        pair = 0.5 * COULOMB_EV_A * q.index_select(0, i_t) * q.index_select(0, j_t) * kernel
         if pairs is None:  # each pair once: half its energy to each atom
             return energies.index_add(0, i_t, pair).index_add(0, j_t, pair)
         return energies.index_add(0, i_t, pair)  # each pair twice (i->j and j->i): half to its centre each time
