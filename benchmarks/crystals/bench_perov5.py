@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ def _train_info(model) -> dict:
     return {"train": meta.get("train"), "split_sizes": meta.get("split_sizes"), "split_seed": meta.get("split_seed")}
 
 
+def _over_seeds(runs: list[dict]) -> dict:
+    """Match rate and RMS of CSP runs with different sampling seeds: per seed, mean and standard error of the mean."""
+    if len(runs) < 2:
+        return {}
+    rates = [r["match_rate"] for r in runs]
+    mean = sum(rates) / len(rates)
+    sem = math.sqrt(sum((x - mean) ** 2 for x in rates) / (len(rates) - 1) / len(rates))
+    return {"match_rate_by_seed": rates, "match_rate_mean": mean, "match_rate_sem": sem,
+            "rms_by_seed": [r["rms"] for r in runs]}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bfn-csp")
@@ -32,6 +44,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--bfn-gen")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--k", type=int, default=1, help="also report best-of-k for CrysBFN when > 1")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="CSP sampling seeds 0..SEEDS-1 for both methods; the comparison uses their mean match rates")
     ap.add_argument("--limit", type=int, default=None, help="first LIMIT test crystals for CSP (same for both methods)")
     ap.add_argument("--diff-limit", type=int, default=None, help="fewer test crystals for the slow diffusion run (default: --limit)")
     ap.add_argument("--n-gen", type=int, default=1000)
@@ -53,8 +67,9 @@ def main(argv=None) -> dict:
         bfn = load_generator(args.bfn_csp, task="csp", method="crysbfn")
         refs, info = model_test_split(bfn)
         refs = refs[: args.limit] if args.limit else refs
-        r_bfn = evaluate_csp(bfn, refs, steps=args.steps, k=1)
-        csp = {"data": info, "crysbfn": {**r_bfn, **_train_info(bfn)}}
+        bfn_runs = [evaluate_csp(bfn, refs, steps=args.steps, k=1, seed=seed) for seed in range(args.seeds)]
+        r_bfn = bfn_runs[0]
+        csp = {"data": info, "crysbfn": {**r_bfn, **_train_info(bfn), **_over_seeds(bfn_runs)}}
         if args.k > 1:
             csp["crysbfn_best_of_k"] = evaluate_csp(bfn, refs, steps=args.steps, k=args.k)
         print(json.dumps({"crysbfn_csp": r_bfn}), file=sys.stderr, flush=True)
@@ -62,9 +77,12 @@ def main(argv=None) -> dict:
             diff = load_generator(args.diff_csp, task="csp", method="diffcsp")
             dl = args.diff_limit or args.limit
             drefs = refs[:dl] if dl else refs
-            r_diff = evaluate_csp(diff, drefs, steps=None, k=1)
-            csp["diffcsp"] = {**r_diff, **_train_info(diff)}
-            same = r_bfn if len(drefs) == len(refs) else evaluate_csp(bfn, drefs, steps=args.steps, k=1)
+            diff_runs = [evaluate_csp(diff, drefs, steps=None, k=1, seed=seed) for seed in range(args.seeds)]
+            r_diff = diff_runs[0]
+            csp["diffcsp"] = {**r_diff, **_train_info(diff), **_over_seeds(diff_runs)}
+            same_runs = bfn_runs if len(drefs) == len(refs) else [
+                evaluate_csp(bfn, drefs, steps=args.steps, k=1, seed=seed) for seed in range(args.seeds)]
+            same = same_runs[0]
             csp["comparison"] = {
                 "n_test": len(drefs),
                 "network_calls_crysbfn": same["network_calls_per_sample"],
@@ -78,6 +96,15 @@ def main(argv=None) -> dict:
                 "wall_s_crysbfn": same["sampling_wall_s"],
                 "wall_s_diffcsp": r_diff["sampling_wall_s"],
             }
+            if args.seeds > 1:
+                bfn_mean, diff_mean = _over_seeds(same_runs), _over_seeds(diff_runs)
+                csp["comparison"].update({
+                    "seeds": args.seeds,
+                    "match_rate_crysbfn_mean": bfn_mean["match_rate_mean"],
+                    "match_rate_diffcsp_mean": diff_mean["match_rate_mean"],
+                    "match_rate_difference_mean": bfn_mean["match_rate_mean"] - diff_mean["match_rate_mean"],
+                    "match_rate_difference_sem": math.hypot(bfn_mean["match_rate_sem"], diff_mean["match_rate_sem"]),
+                })
         result["csp"] = csp
         if args.bundle:
             save_generator(bfn, PRETRAINED_DIR / "perov5-csp.pt", {"metrics": {k: v for k, v in csp.items() if k != "data"}})
