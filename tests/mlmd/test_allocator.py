@@ -7,8 +7,6 @@ import textwrap
 
 import pytest
 
-from mlmd import allocator
-
 _KEPT_BYTES = textwrap.dedent("""
     import ctypes, sys
     import torch
@@ -48,7 +46,3 @@ def test_user_allocator_settings_are_left_alone():
     applied, kept = _kept_bytes("on", {"MALLOC_TRIM_THRESHOLD_": "131072"})
     assert not applied and kept < 1 << 20
 
-
-def test_applies_once(monkeypatch):
-    monkeypatch.setattr(allocator, "_applied", True)
-    assert allocator.keep_freed_memory() is True
