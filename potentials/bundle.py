@@ -69,10 +69,9 @@ def _summary_from_log(log: Path) -> dict:
     from potentials.training import selection_score
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    prefix = "valid_"
-    best = min(records, key=lambda r: selection_score({k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}))
-    valid = {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}
-    return {"valid": valid, "epochs": best["epoch"], "train_time_s": records[-1]["time_s"]}
+    valid = [{k.removeprefix("valid_"): v for k, v in r.items() if k.startswith("valid_")} for r in records]
+    best = min(range(len(records)), key=lambda k: selection_score(valid[k]))
+    return {"valid": valid[best], "epochs": records[best]["epoch"], "train_time_s": records[-1]["time_s"]}
 
 
 def test_metrics(model, frames, data: list[str]) -> dict:
