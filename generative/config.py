@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlmd.errors import ConfigError
 
@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     threads: int = Field(1, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    collision_rate: float = Field(0.0, ge=0, lt=1, description="CrysBFN: share of training crystals in which one atom's "
+                                  "input position is moved onto another atom's, teaching the network to separate atoms "
+                                  "that sampling has brought together (its target stays the atom's true site)")
     init_from: str | None = Field(None, description="generator checkpoint (name or path) whose weights start a new run; "
                                   "its model settings and species must equal this run's")
 
@@ -71,6 +74,12 @@ class GeneratorConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     out: str = "runs/generator"
 
+    @model_validator(mode="after")
+    def _collisions_need_crysbfn(self):
+        if self.train.collision_rate > 0 and self.model.method != "crysbfn":
+            raise ValueError("train.collision_rate applies to crysbfn models only")
+        return self
+
 
 def load_config(path: str | Path) -> GeneratorConfig:
     from mlmd.config import read_yaml_mapping
@@ -81,4 +90,6 @@ def load_config(path: str | Path) -> GeneratorConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
+        if not loc:  # a rule across sections
+            raise ConfigError(f"config {str(path)!r}: {err['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"config {str(path)!r}: {loc}={err.get('input')!r} invalid ({err['msg']})") from None

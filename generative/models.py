@@ -87,7 +87,7 @@ class CrysBFN(CrystalGenerator):
         """
         return torch.eye(3, dtype=dtype).expand(n, 3, 3)
 
-    def loss(self, b: CrystalBatch, generator: torch.Generator | None = None):
+    def loss(self, b: CrystalBatch, generator: torch.Generator | None = None, collision_rate: float = 0.0):
         cfg = self.config
         N = cfg.bfn_steps
         dtype = b.frac.dtype
@@ -106,6 +106,8 @@ class CrysBFN(CrystalGenerator):
         m = torch.atan2(s, c_)
         conc = torch.sqrt(s * s + c_ * c_)
         frac_in = torch.remainder(m / TWO_PI, 1.0)
+        if collision_rate > 0:
+            frac_in = self._collide(frac_in, b, i, collision_rate, generator)
         # lattice: mu ~ N(gamma x, gamma(1-gamma)); the network sees mu / sqrt(gamma) and predicts the noise.
         # At step 1 (gamma = 0) mu carries no information: the network sees the reference cell I and predicts x itself
         # (the lattice it would guess from the types alone), which is what the first lattice sender is drawn around.
@@ -139,6 +141,25 @@ class CrysBFN(CrystalGenerator):
         if self.task == "gen":
             parts["types"] = F.cross_entropy(tl, b.types)
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+    @staticmethod
+    def _collide(frac_in: torch.Tensor, b: CrystalBatch, step: torch.Tensor, rate: float, generator) -> torch.Tensor:
+        """In a share ``rate`` of the crystals past step 1, put one atom's input ``[n, 3]`` onto another atom's
+        (plus N(0, 0.03²) fractional jitter). Sampling sometimes drives two atoms onto one site, a state the training
+        posteriors never show; the moved atom's target stays its own site, so the network learns to pull it away."""
+        counts = torch.bincount(b.batch, minlength=b.n_crystals)
+        first = torch.cumsum(counts, 0) - counts
+        chosen = (torch.rand(b.n_crystals, generator=generator) < rate) & (counts > 1) & (step > 1)
+        crystals = chosen.nonzero().squeeze(1)
+        if len(crystals) == 0:
+            return frac_in
+        n = counts[crystals]
+        moved = (torch.rand(len(crystals), generator=generator) * n).long()
+        onto = (moved + 1 + (torch.rand(len(crystals), generator=generator) * (n - 1)).long()) % n
+        jitter = 0.03 * torch.randn(len(crystals), 3, generator=generator, dtype=frac_in.dtype)
+        out = frac_in.clone()
+        out[first[crystals] + moved] = torch.remainder(frac_in[first[crystals] + onto] + jitter, 1.0)
+        return out
 
     @torch.no_grad()
     def sample(self, n_atoms: torch.Tensor, types: torch.Tensor | None, steps: int = 10, generator: torch.Generator | None = None):

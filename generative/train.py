@@ -113,6 +113,7 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     t0 = time.process_time() - elapsed
     order = rng.permutation(len(train))
     pos = 0
+    loss_options = {"collision_rate": cfg.train.collision_rate} if cfg.train.collision_rate else {}
 
     def save_state():
         with atomic_path(last) as tmp:
@@ -132,7 +133,7 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
         idx = order[pos:pos + cfg.train.batch_size]
         pos += len(idx)
         batch = collate([train[i] for i in idx], model.vocab_index)
-        loss, parts = model.loss(batch, gen)
+        loss, parts = model.loss(batch, gen, **loss_options)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

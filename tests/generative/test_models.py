@@ -214,3 +214,36 @@ def test_crysbfn_final_prediction_reads_the_full_posterior(tiny_records):
         hook.remove()
         assert max(times) == pytest.approx(1.0 if final else 0.75)
         assert (full > 300) == final  # beta1 = 1000: N - 1 of the 4 accuracies sum to well under half of it
+
+
+def test_crysbfn_collision_training_moves_one_atom_onto_another(tiny_records):
+    """collision_rate: past step 1, one atom per chosen crystal gets another atom's input position (within the jitter),
+    the rest of the inputs and every target stay; a rate of 0 leaves the loss's random stream untouched."""
+    model = _model(tiny_records, task="gen")
+    batch = collate(tiny_records, model.vocab_index)
+    frac_in = torch.rand(batch.frac.shape, generator=torch.Generator().manual_seed(0))
+    step = torch.full((batch.n_crystals,), 3)
+    step[0] = 1
+    moved = model._collide(frac_in, batch, step, 0.999, torch.Generator().manual_seed(1))
+    changed = (moved != frac_in).any(-1)
+    for c in range(batch.n_crystals):
+        rows = (batch.batch == c).nonzero().squeeze(1)
+        assert int(changed[rows].sum()) == (0 if c == 0 else 1)
+        if c:
+            a = rows[changed[rows]][0]
+            d = moved[a] - frac_in[rows]
+            d = (d - torch.round(d)).norm(dim=-1)
+            d[rows == a] = float("inf")
+            assert float(d.min()) < 0.2  # 0.03-wide jitter in each coordinate
+    g0, g1 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(model.loss(batch, g0)[0], model.loss(batch, g1, collision_rate=0.0)[0])
+
+
+def test_collision_rate_is_refused_for_diffusion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  method: diffcsp\ntrain:\n  collision_rate: 0.2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml': train.collision_rate applies to crysbfn models only$"):
+        load_config(p)
+    p.write_text("train:\n  collision_rate: 1.5\n")
+    with pytest.raises(ConfigError, match="collision_rate"):
+        load_config(p)
