@@ -154,11 +154,14 @@ def train_generator(cfg: GeneratorConfig, log=print, records=None) -> dict:
     final_val = evaluate_loss(ema, val[:512])
     meta["train"] = {"steps": step, "cpu_minutes": round(elapsed / 60, 2), "threads": cfg.train.threads, "batch_size": cfg.train.batch_size,
                      "lr": cfg.train.lr, "final_val_loss": final_val}
+    if cfg.train.collision_rate:
+        meta["train"]["collision_rate"] = cfg.train.collision_rate
     if cfg.train.init_from:
         meta["train"]["init_from"] = cfg.train.init_from
         if parent_train:
             meta["train"]["parent_train"] = parent_train
-            meta["train"]["total_cpu_minutes"] = round(parent_train.get("cpu_minutes", 0.0) + elapsed / 60, 2)
+            parent_total = parent_train.get("total_cpu_minutes", parent_train.get("cpu_minutes", 0.0))
+            meta["train"]["total_cpu_minutes"] = round(parent_total + elapsed / 60, 2)
     meta["metrics"] = {}
     ema.metadata = meta
     save_generator(ema, out / "model.pt", meta)

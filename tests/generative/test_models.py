@@ -90,7 +90,16 @@ def test_train_generator_init_from_starts_at_the_parent_weights(tmp_path, tiny_c
         assert torch.allclose(a, b, atol=1e-6), name
     train = child.metadata["train"]
     assert train["init_from"] == child_cfg.train.init_from and train["parent_train"]["steps"] == 4
-    assert train["total_cpu_minutes"] >= train["cpu_minutes"]
+    assert train["total_cpu_minutes"] == pytest.approx(train["parent_train"]["cpu_minutes"] + train["cpu_minutes"], abs=0.02)
+    # a second generation counts the whole lineage (the child's record says it descends from 100 CPU-minutes)
+    child.metadata["train"]["total_cpu_minutes"] = 100.0
+    save_generator(child, tmp_path / "child" / "model.pt")
+    grandchild_cfg = child_cfg.model_copy(deep=True)
+    grandchild_cfg.out = str(tmp_path / "grandchild")
+    grandchild_cfg.train.init_from = str(tmp_path / "child" / "model.pt")
+    train_generator(grandchild_cfg, log=lambda *_: None)
+    grandchild = load_generator(tmp_path / "grandchild" / "model.pt").metadata["train"]
+    assert grandchild["total_cpu_minutes"] == pytest.approx(100.0 + grandchild["cpu_minutes"], abs=0.02)
     # a checkpoint of another network size cannot start this run
     other = child_cfg.model_copy(deep=True)
     other.model.hidden = 16
