@@ -50,6 +50,10 @@ class BambooConfig(BaseModel):
     # from the second layer on, which raises the body order the vectors see. The radial filter g starts at zero, so
     # switching this on for a trained model keeps its predictions until training moves the filter.
     vector_messages: bool = False
+    # Hidden width of the per-atom MLPs (each layer's gated update, the energy and charge heads); None = num_features.
+    # Per-atom work is small next to the per-edge messages, so width here adds capacity at little cost per call.
+    # A trained model can be widened when fine-tuning: the new hidden units start with zero output weights.
+    mlp_width: int | None = Field(None, gt=0)
     # ZBL nuclear repulsion below the covalent-radius sum: a wall at contacts the data never show (solids, generated
     # candidates). Off by default; the electrolyte model was trained without it.
     repulsion: bool = False
@@ -107,7 +111,8 @@ class TransformerLayer(nn.Module):
     s: (N, F), V: (N, 3, F), neighbours: :class:`Neighbors` -> s, V.
     """
 
-    def __init__(self, num_features: int, num_rbf: int, num_heads: int, vector_messages: bool = False):
+    def __init__(self, num_features: int, num_rbf: int, num_heads: int, vector_messages: bool = False,
+                 mlp_width: int | None = None):
         super().__init__()
         f = num_features
         self.num_heads = num_heads
@@ -125,7 +130,8 @@ class TransformerLayer(nn.Module):
             nn.init.zeros_(self.radial_vv.bias)
             self.vector_in = nn.Linear(f, f, bias=False)
         self.vector_mix = nn.Linear(f, 2 * f, bias=False)
-        self.update = nn.Sequential(nn.Linear(2 * f, f), nn.SiLU(), nn.Linear(f, 3 * f))
+        width = mlp_width or f
+        self.update = nn.Sequential(nn.Linear(2 * f, width), nn.SiLU(), nn.Linear(width, 3 * f))
 
     def forward(self, s: torch.Tensor, V: torch.Tensor, nb: Neighbors):
         n, f = s.shape
@@ -179,6 +185,25 @@ class TransformerLayer(nn.Module):
         return torch.zeros_like(V).index_add(0, nb.centers, V_j.view(-1, 3, f))
 
 
+def widened_state_dict(trained: dict[str, torch.Tensor], wider: nn.Module) -> dict[str, torch.Tensor]:
+    """``trained``'s weights in the shapes of ``wider`` (the same model with a larger ``mlp_width``), same predictions.
+
+    Where a hidden layer grew, the trained units keep their weights; the new units keep ``wider``'s random input
+    weights (rows; so they can learn) and get zero output weights (columns; so they add nothing yet).
+    """
+    out = {}
+    for key, target in wider.state_dict().items():
+        old = trained.get(key)
+        if old is None or old.shape == target.shape:
+            if old is not None:
+                out[key] = old
+            continue
+        grown = target.clone() if target.shape[0] > old.shape[0] else torch.zeros_like(target)
+        grown[tuple(slice(0, n) for n in old.shape)] = old
+        out[key] = grown
+    return out
+
+
 def dense_neighbors(edge_index: torch.Tensor, vectors: torch.Tensor, num_atoms: int, cutoff: float):
     """Edge list -> padded per-atom slots.
 
@@ -219,10 +244,11 @@ class BambooPotential(Potential):
         self.embedding = nn.Embedding(len(cfg.species), f)
         self.rbf = ExpNormalRBF(cfg.num_rbf, cfg.cutoff)
         # The first layer sees V = 0, so it never carries vectors.
-        self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads, cfg.vector_messages and k > 0)
-                                    for k in range(cfg.num_layers))
-        self.energy_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
-        self.charge_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, f), nn.SiLU(), nn.Linear(f, 1))
+        self.layers = nn.ModuleList(TransformerLayer(f, cfg.num_rbf, cfg.num_heads, cfg.vector_messages and k > 0,
+                                                     cfg.mlp_width) for k in range(cfg.num_layers))
+        width = cfg.mlp_width or f
+        self.energy_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, width), nn.SiLU(), nn.Linear(width, 1))
+        self.charge_head = nn.Sequential(nn.LayerNorm(f), nn.Linear(f, width), nn.SiLU(), nn.Linear(width, 1))
         self.excess_head = _uniform_share_head(f) if cfg.excess_charge == "learned" else None
         n_species = len(cfg.species)
         self.chi = nn.Parameter(torch.zeros(n_species))

@@ -24,7 +24,7 @@ from mlmd.config import read_yaml_mapping
 from mlmd.data import Sample, collate_samples, frames_hash, make_sample, read_frames, split_indices
 from mlmd.errors import ConfigError
 from mlmd.io import atomic_path
-from potentials.bamboo import ELECTROSTATIC_ENERGIES, BambooConfig, BambooPotential
+from potentials.bamboo import ELECTROSTATIC_ENERGIES, BambooConfig, BambooPotential, widened_state_dict
 
 
 class LossWeights(BaseModel):
@@ -272,9 +272,10 @@ def _split(frames, cfg: TrainConfig) -> list[np.ndarray]:
 # -- training loop --------------------------------------------------------------------------------------------
 # Settings a fine-tuning run may change on a loaded model: parameter-free physics terms, and two switches that add
 # modules which start as the identity of the loaded model (the share head at equal shares, the carried-vector filter
-# at zero). Those two may only be switched on; each maps to the parameter names it adds.
+# at zero). Those two may only be switched on; each maps to the parameter names it adds. mlp_width may only grow
+# (the new hidden units start with zero output weights).
 FINETUNE_MODEL_OVERRIDES = {"repulsion", "dispersion", "dispersion_cutoff", "coulomb_r0", "pme_smearing",
-                            "pme_mesh_spacing", "excess_charge", "vector_messages"}
+                            "pme_mesh_spacing", "excess_charge", "vector_messages", "mlp_width"}
 _GROWABLE = {"excess_charge": (("uniform", "learned"), ("excess_head.",)),
              "vector_messages": ((False, True), (".radial_vv.", ".vector_in."))}
 
@@ -300,8 +301,15 @@ def _load_for_finetuning(cfg: TrainConfig) -> BambooPotential:
             raise ConfigError(f"model.{name} cannot go from {before!r} to {after!r} when fine-tuning from "
                               f"{cfg.init_from}; only {off!r} -> {on!r} can")
         grown += prefixes
+    trained = model.state_dict()
     tuned = BambooPotential({**model.config, **{name: overrides[name] for name in changed}})
-    missing, unexpected = tuned.load_state_dict(model.state_dict(), strict=False)
+    if "mlp_width" in changed:
+        before = model.config.get("mlp_width") or model.config["num_features"]
+        if overrides["mlp_width"] is None or overrides["mlp_width"] < before:
+            raise ConfigError(f"model.mlp_width cannot go from {before} to {overrides['mlp_width']!r} when fine-tuning "
+                              f"from {cfg.init_from}; it may only grow")
+        trained = widened_state_dict(trained, tuned)
+    missing, unexpected = tuned.load_state_dict(trained, strict=False)
     assert not unexpected and all(any(p in key for p in grown) for key in missing), (missing, unexpected)
     tuned.metadata = model.metadata
     return tuned.train()

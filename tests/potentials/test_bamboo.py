@@ -70,6 +70,27 @@ def test_vector_messages_start_as_the_model_without_them_and_then_change_it():
     assert not torch.allclose(a[keys.FORCES], carried(graph, compute_forces=True)[keys.FORCES], atol=1e-6)
 
 
+def test_widened_mlps_start_as_the_trained_model_and_their_new_units_learn():
+    from potentials.bamboo import widened_state_dict
+
+    atoms = water_cluster(3)
+    graph = graph_from_atoms(atoms, 5.0).to(dtype=torch.float64)
+    torch.manual_seed(1)
+    narrow = _with_random_vector_filters(BambooPotential({**SMALL, "vector_messages": True})).double().eval()
+    wide = BambooPotential({**SMALL, "vector_messages": True, "mlp_width": 3 * SMALL["num_features"]}).double().eval()
+    wide.load_state_dict(widened_state_dict(narrow.state_dict(), wide))
+    assert wide.layers[1].update[0].weight.shape[0] == wide.energy_head[1].weight.shape[0] == 3 * SMALL["num_features"]
+    a, b = narrow(graph, compute_forces=True), wide(graph, compute_forces=True)
+    for key in (keys.ENERGY, keys.FORCES, keys.CHARGES):
+        assert torch.allclose(a[key], b[key], atol=1e-10), key
+    # the new units' output weights start at zero but get a gradient (their inputs are random, not zero)
+    wide(graph, compute_forces=False)[keys.ENERGY].sum().backward()
+    new_columns = slice(SMALL["num_features"], None)
+    assert torch.count_nonzero(wide.layers[1].update[2].weight[:, new_columns]) == 0
+    assert wide.layers[1].update[2].weight.grad[:, new_columns].abs().max() > 0
+    assert wide.energy_head[3].weight.grad[:, new_columns].abs().max() > 0
+
+
 def test_learned_charge_shares_start_uniform_and_place_the_total_charge():
     atoms = water_cluster(3)
     atoms.info[keys.TOTAL_CHARGE] = -1

@@ -167,6 +167,14 @@ def test_finetuning_may_switch_on_repulsion_but_not_change_the_architecture(tmp_
         train(load_train_config(None, {**base, "init_from": str(tmp_path / "run5" / "best.pt"),
                                        "output": str(tmp_path / "run6"), "model": {"vector_messages": False}}),
               progress=False)
+    # the per-atom MLPs may be widened (new units start silent), not narrowed
+    train(load_train_config(None, {**base, "output": str(tmp_path / "run7"), "model": {"mlp_width": 48}}), progress=False)
+    wide = load_potential(tmp_path / "run7" / "best.pt")
+    assert wide.config["mlp_width"] == 48 and wide.layers[0].update[0].out_features == 48
+    with pytest.raises(ConfigError, match="model.mlp_width cannot go from 48 to 40 .*it may only grow"):
+        train(load_train_config(None, {**base, "init_from": str(tmp_path / "run7" / "best.pt"),
+                                       "output": str(tmp_path / "run8"), "model": {"mlp_width": 40}}),
+              progress=False)
 
 
 def test_data_weights_set_how_often_each_path_is_drawn_per_epoch(tmp_path):
