@@ -17,6 +17,42 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IONS = {"Li", "PF6", "BF4", "FSI", "TFSI"}
+FORCE_BINS_EV_PER_A = (0.0, 1.0, 2.0, 4.0, 8.0, float("inf"))
+
+
+def force_error_breakdown(model, samples, batch_size: int = 16) -> dict:
+    """Force MAE (meV/Å, mean over components) by element and by the reference force's magnitude |F| (eV/Å).
+
+    Each bin also gives its share of atoms and its contribution to the overall MAE (share × bin MAE), which shows
+    where the error sits: many moderately wrong light atoms or a few badly wrong ones.
+    """
+    import numpy as np
+    from ase.data import chemical_symbols
+
+    from mlmd import keys
+    from mlmd.data import collate_samples
+
+    numbers, errors, magnitudes = [], [], []
+    model.eval()
+    for start in range(0, len(samples), batch_size):
+        graph, targets = collate_samples(samples[start:start + batch_size])
+        out = model(graph, compute_forces=True)
+        errors.append((out[keys.FORCES].detach() - targets[keys.FORCES]).abs().mean(dim=1).numpy())
+        magnitudes.append(targets[keys.FORCES].norm(dim=1).numpy())
+        numbers.append(graph.atomic_numbers.numpy())
+    numbers, errors, magnitudes = (np.concatenate(x) for x in (numbers, errors, magnitudes))
+    by_element = {chemical_symbols[z]: {"n_atoms": int((numbers == z).sum()),
+                                        "force_mae_meV_per_A": 1000.0 * float(errors[numbers == z].mean())}
+                  for z in np.unique(numbers)}
+    by_magnitude = {}
+    for low, high in zip(FORCE_BINS_EV_PER_A[:-1], FORCE_BINS_EV_PER_A[1:]):
+        inside = (magnitudes >= low) & (magnitudes < high)
+        if inside.any():
+            by_magnitude[f"{low:g}-{high:g}"] = {
+                "share_of_atoms": float(inside.mean()),
+                "force_mae_meV_per_A": 1000.0 * float(errors[inside].mean()),
+                "contribution_meV_per_A": 1000.0 * float(errors[inside].sum() / len(errors))}
+    return {"by_element": by_element, "by_reference_force_magnitude_eV_per_A": by_magnitude}
 
 
 def main() -> None:
@@ -48,10 +84,11 @@ def main() -> None:
             write(Path(args.write_splits, f"{name}.xyz"), part, format="extxyz")
         return
     model = load_potential(args.model)
+    test_samples = [make_sample(a, model.cutoff, model.species) for a in parts["test"]]
     report = {"model": args.model, "model_metadata": {k: model.metadata.get(k) for k in ("data_hash", "n_train", "n_valid", "n_test")},
               "mlmd_train_wall_s": model.metadata.get("train_time_s"),
-              "mlmd_test": evaluate_samples(model, [make_sample(a, model.cutoff, model.species) for a in parts["test"]],
-                                            bias=True)}
+              "mlmd_test": evaluate_samples(model, test_samples, bias=True)}
+    report["mlmd_test_force_breakdown"] = force_error_breakdown(model, test_samples)
     # The test splits of the model's other training data sets (per-cluster splits, so unseen clusters too).
     others = [d for d in model.metadata.get("data", []) if Path(ROOT, d).resolve() != Path(args.data).resolve()
               and Path(ROOT, d).exists()]
