@@ -1,7 +1,7 @@
 """Accuracy: the bundled potential on the project's test split and on the transfer set (solvents outside the
 training list), side by side with MACE (64x0e, 2 interactions) trained on the same frames for a fixed CPU budget.
 
-    .venv/bin/python -m benchmarks.accuracy [--mace-minutes 20] [--threads 2] [--out benchmarks/results/accuracy.json]
+    .venv/bin/python -m benchmarks.accuracy [--mace-minutes 20] [--train-frames N] [--threads 2] [--out benchmarks/results/accuracy.json]
 
 ``--mace-minutes 0`` skips the peer. The peer runs in its own virtual environment (see benchmarks/speed.py).
 """
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--mace-minutes", type=float, default=20.0, help="CPU minutes of MACE training (0: skip)")
     parser.add_argument("--mace-result", default=None, help="reuse a JSON line printed by peer_mace_train.py")
     parser.add_argument("--write-splits", default=None, help="only write train/valid/test extxyz into this folder")
+    parser.add_argument("--train-frames", type=int, default=0,
+                        help="also evaluate the first N training frames (how well the model fits its own data)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "accuracy.json"))
     args = parser.parse_args()
@@ -89,6 +91,9 @@ def main() -> None:
               "mlmd_train_wall_s": model.metadata.get("train_time_s"),
               "mlmd_test": evaluate_samples(model, test_samples, bias=True)}
     report["mlmd_test_force_breakdown"] = force_error_breakdown(model, test_samples)
+    if args.train_frames > 0:
+        report["mlmd_train_frames"] = evaluate_samples(
+            model, [make_sample(a, model.cutoff, model.species) for a in parts["train"][:args.train_frames]])
     # The test splits of the model's other training data sets (per-cluster splits, so unseen clusters too).
     others = [d for d in model.metadata.get("data", []) if Path(ROOT, d).resolve() != Path(args.data).resolve()
               and Path(ROOT, d).exists()]
