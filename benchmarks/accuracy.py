@@ -1,7 +1,8 @@
 """Accuracy: the bundled potential on the project's test split and on the transfer set (solvents outside the
 training list), side by side with MACE (64x0e, 2 interactions) trained on the same frames for a fixed CPU budget.
 
-    .venv/bin/python -m benchmarks.accuracy [--mace-minutes 20] [--train-frames N] [--threads 2] [--out benchmarks/results/accuracy.json]
+    .venv/bin/python -m benchmarks.accuracy [--mace-minutes 20] [--train-frames N] [--threads 2]
+        [--out benchmarks/results/accuracy.json]
 
 ``--mace-minutes 0`` skips the peer. The peer runs in its own virtual environment (see benchmarks/speed.py).
 """
