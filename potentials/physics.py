@@ -71,9 +71,10 @@ class DampedCoulomb(nn.Module):
                 if edge_index is not None:
                     mine = slice(None) if graph.num_graphs == 1 else graph.batch[edge_index[0]] == b
                     pairs = (edge_index[:, mine] - start, distances[mine])
-                energies = energies.index_add(0, torch.arange(start, stop), self._periodic(graph, b, q, pos, cell[b], pairs))
+                energies = energies.index_add(0, torch.arange(start, stop, device=q.device),
+                                              self._periodic(graph, b, q, pos, cell[b], pairs))
             else:
-                energies = energies.index_add(0, torch.arange(start, stop), self._cluster(q, pos))
+                energies = energies.index_add(0, torch.arange(start, stop, device=q.device), self._cluster(q, pos))
         return energies
 
     def _cluster(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
     patience: int = 20
     weights: LossWeights = Field(default_factory=LossWeights)
     dtype: str = "float32"
+    # "cuda" trains on a GPU (with torchrun, rank k uses cuda:k and NCCL); "cpu" data-parallel runs use gloo.
+    device: str = "cpu"
     num_threads: int | None = None
 
     @model_validator(mode="after")
@@ -113,14 +115,37 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _init_distributed() -> tuple[int, int]:
+def _init_distributed(device: torch.device) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def training_device(name: str) -> torch.device:
+    """The torch device a run trains on; under torchrun a bare "cuda" becomes this process's cuda:LOCAL_RANK."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} was requested but this torch build sees no CUDA GPU; use device: cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _on_device(graph, targets: dict[str, torch.Tensor], device: torch.device):
+    if device.type == "cpu":
+        return graph, targets
+    return graph.to(device), {k: v.to(device) for k, v in targets.items()}
 
 
 def _all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
@@ -221,18 +246,24 @@ def evaluate_samples(model, samples: Sequence[Sample], batch_size: int = 16, dty
     groups: dict[str, dict[str, Any]] = {}
     total = _empty_metrics()
     model.eval()
+    device = next(model.parameters()).device
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         graph, targets = collate_samples(chunk, dtype=dtype)
+        ptr = graph.ptr.numpy()
+        graph, targets = _on_device(graph, targets, device)
         want_stress = stress and bool(targets[keys.STRESS + "_mask"].any())
         out = model(graph, compute_forces=True, compute_stress=want_stress)
-        n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype)
-        e_signed = ((out[keys.ENERGY].detach() - targets[keys.ENERGY]) / n_atoms).numpy()
+
+        def error(key: str) -> np.ndarray:
+            return (out[key].detach() - targets[key]).cpu().numpy()
+
+        n_atoms = torch.bincount(graph.batch, minlength=graph.num_graphs).to(dtype).cpu().numpy()
+        e_signed = error(keys.ENERGY) / n_atoms
         e_err = np.abs(e_signed)
-        f_err = (out[keys.FORCES].detach() - targets[keys.FORCES]).abs().numpy()
-        q_err = (out[keys.CHARGES].detach() - targets[keys.CHARGES]).abs().numpy() if keys.CHARGES in out else None
-        s_err = (out[keys.STRESS].detach() - targets[keys.STRESS]).abs().numpy() if want_stress else None
-        ptr = graph.ptr.numpy()
+        f_err = np.abs(error(keys.FORCES))
+        q_err = np.abs(error(keys.CHARGES)) if keys.CHARGES in out else None
+        s_err = np.abs(error(keys.STRESS)) if want_stress else None
         for b, sample in enumerate(chunk):
             atoms = slice(ptr[b], ptr[b + 1])
             for acc in (total, groups.setdefault(sample.config_type, _empty_metrics())):
@@ -362,7 +393,8 @@ def _log(path: Path, record: dict[str, Any]) -> None:
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a BAMBOO potential. Writes ``output/{last,best}.pt``, ``metrics.jsonl``, ``final_metrics.json``."""
-    rank, world = _init_distributed()
+    device = training_device(cfg.device)
+    rank, world = _init_distributed(device)
     keep_freed_memory()  # every step allocates the same large edge tensors again
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -387,7 +419,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if not cfg.init_from:
         reference, scale = fit_reference_energies(train_set, model.species)
         model.set_reference_energies(reference, scale)
-    model = model.to(dtype=dtype)
+    model = model.to(device=device, dtype=dtype)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -436,7 +468,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         order = rng.permutation(_epoch_draws(train_weights, rng))
         sums: dict[str, float] = {}
         for chunk in _rank_batches(order, cfg.batch_size, rank, world):
-            graph, targets = collate_samples([train_set[k] for k in chunk], dtype=dtype)
+            graph, targets = _on_device(*collate_samples([train_set[k] for k in chunk], dtype=dtype), device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(state["step"], total_steps, cfg, steps_per_s)
             loss, parts = compute_losses(model, graph, targets, cfg.weights)
@@ -477,7 +509,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         # rank 0 decides; every rank then uses the same elapsed time for the learning-rate schedule
         decision = torch.tensor([float(state["bad_epochs"] >= cfg.patience or (
             cfg.max_time_min is not None and state["elapsed"] > 60 * cfg.max_time_min)), state["elapsed"]],
-            dtype=torch.float64)
+            dtype=torch.float64, device=device)
         dist = _dist()
         if dist is not None:
             dist.broadcast(decision, 0)
@@ -490,7 +522,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if rank == 0:
         from mlmd.checkpoint import load_potential
 
-        best = load_potential(out_dir / "best.pt", dtype=dtype)
+        best = load_potential(out_dir / "best.pt", device=device, dtype=dtype)
         result = {"epochs": state["epoch"], "train_time_s": round(state["elapsed"], 1),
                   "valid": evaluate_samples(best, valid_set, dtype=dtype),
                   "test": evaluate_samples(best, test_set, dtype=dtype) if test_set else None}

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -61,6 +62,20 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     path.write_text("data: [a.xyz]\nepochs: many\n")
     with pytest.raises(ConfigError, match="setting 'epochs': Input should be a valid integer"):
         load_train_config(path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "device 'tpu' is not supported; use cpu, cuda or cuda:N"),
+    ("mps", "device 'mps' is not supported; use cpu, cuda or cuda:N"),
+    pytest.param("cuda", "device 'cuda' was requested but this torch build sees no CUDA GPU; use device: cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+])
+def test_unusable_training_device_is_rejected_before_any_work(tmp_path, name, message):
+    data = labelled_clusters(tmp_path / "d.extxyz", n=4)
+    cfg = load_train_config(None, {"data": [str(data)], "output": str(tmp_path / "run"), "device": name})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_reference_keys_are_reported(tmp_path):

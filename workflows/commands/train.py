@@ -22,13 +22,15 @@ def register(app: typer.Typer) -> None:
         max_time_min: Optional[float] = typer.Option(None, "--max-time-min", help="Stop after this many minutes."),
         init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune from a model name or checkpoint."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or float64."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N."),
         no_progress: bool = typer.Option(False, "--no-progress"),
     ) -> None:
         """Train a BAMBOO-style potential; resumes when the output folder holds last.pt. Use torchrun for data parallel."""
         from potentials.training import load_train_config, train as run_training
 
         overrides = {"data": data or None, "output": output, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                     "seed": seed, "max_time_min": max_time_min, "init_from": init_from, "dtype": dtype}
+                     "seed": seed, "max_time_min": max_time_min, "init_from": init_from, "dtype": dtype,
+                     "device": device}
         cfg = load_train_config(config, overrides)
         result = run_training(cfg, progress=not no_progress)
         if result:
