@@ -6,7 +6,9 @@ from benchmarks.speed import summarise_runs
 
 
 def _run(mlmd_s: float, mace_s: float, n_atoms: int = 278) -> dict:
-    side = lambda s, mb: {"seconds_per_call": s, "calc_memory_MB": mb, "atom_steps_per_s": n_atoms / s}
+    def side(seconds: float, memory_MB: float) -> dict:
+        return {"seconds_per_call": seconds, "calc_memory_MB": memory_MB, "atom_steps_per_s": n_atoms / seconds}
+
     return {"rows": [{"n_atoms": n_atoms, "mlmd": side(mlmd_s, 100.0), "mace": side(mace_s, 400.0),
                       "speed_ratio": mace_s / mlmd_s, "cpu_time_ratio": 2 * mace_s / mlmd_s}]}
 
